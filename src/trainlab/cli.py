@@ -106,7 +106,7 @@ def data_get(name: str = typer.Argument(...),
 
 def main(argv: Optional[list[str]] = None) -> None:
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # click returns Exit codes in this mode
     except TrainlabError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -125,7 +125,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             err.show()
             sys.exit(err.exit_code)
         raise
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def base() -> RunConfig:
 def shakespeare_char() -> RunConfig:
     """The demo: character-level Shakespeare, sized for 3 minutes on 2 CPU cores with bf16."""
     cfg = base()
-    cfg.model = cfg.model.model_copy(update=dict(n_layer=4, n_head=4, d_model=256, seq_len=128, dropout=0.0))
+    cfg.model = cfg.model.model_copy(update=dict(n_layer=4, n_head=4, d_model=128, seq_len=128, dropout=0.0))
     cfg.data = cfg.data.model_copy(update=dict(source="shakespeare", tokenizer="char"))
     cfg.optim = cfg.optim.model_copy(update=dict(lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0))
     cfg.schedule = cfg.schedule.model_copy(update=dict(name="cosine", warmup_steps=50, min_lr_ratio=0.05))

@@ -25,6 +25,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from trainlab.config import DataConfig
+from trainlab.data.corpora import default_cache_dir
 from trainlab.data.tokenizers import ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 from trainlab.errors import DataError
 
@@ -43,10 +44,6 @@ class Piece:
 class SourceStats:
     skipped_lines: int = 0
     first_skipped: list[int] = field(default_factory=list)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("TRAINLAB_CACHE") or Path.home() / ".cache" / "trainlab")
 
 
 def cache_dir_of(cfg: DataConfig) -> Path:

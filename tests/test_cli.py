@@ -1,0 +1,110 @@
+"""The command line as a user meets it: a tiny real run, its files, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from conftest import cli, read_rows
+
+TINY = ["--preset", "tiny"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    proc = cli("train", *TINY, "--run-dir", str(run), "--set", "train.max_steps=20")
+    return run, proc
+
+
+def test_run_directory_holds_the_contracted_files(tiny_run):
+    run, proc = tiny_run
+    assert "effective batch 4 x 1 x 32 = 128 tokens/step" in proc.stdout
+    assert "bits per char" in proc.stdout
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"]["vocab_size"] > 60 and cfg["preset"] == "tiny" and cfg["train"]["max_steps"] == 20
+    env = json.loads((run / "env.json").read_text())
+    assert {"torch", "python", "command", "hardware", "git_commit", "precision"} <= env.keys()
+    rows = read_rows(run / "metrics.jsonl")
+    for row in rows:
+        assert {"step", "tokens", "elapsed_s", "split"} <= row.keys()
+    train = [r for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "val"]
+    assert [r["step"] for r in train] == list(range(1, 21))
+    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= train[0].keys()
+    assert [r["step"] for r in val] == [10, 20]
+    assert {"loss", "ppl", "bits_per_token", "bits_per_char", "acc", "top5"} <= val[-1].keys()
+    assert train[-1]["tokens"] == 20 * 4 * 32
+    assert val[-1]["loss"] < val[0]["loss"] < 4.5  # it learns
+    assert abs(val[-1]["bits_per_char"] - val[-1]["loss"] / 0.6931471805599453) < 1e-9
+    assert os.listdir(run / "tb") and any(f.startswith("events.out.tfevents") for f in os.listdir(run / "tb"))
+    samples = read_rows(run / "samples.jsonl")
+    assert [s["step"] for s in samples] == [10, 20] and all(s["text"] for s in samples)
+
+
+def test_checkpoints_are_step_folders_with_relative_links(tiny_run):
+    run, _ = tiny_run
+    ck = run / "checkpoints"
+    assert os.readlink(ck / "last") == "step-00000020"
+    assert not os.path.isabs(os.readlink(ck / "best"))
+    folder = ck / "step-00000020"
+    assert {"model.safetensors", "state.pt", "meta.json"} <= set(os.listdir(folder))
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["step"] == 20 and meta["schema_version"] == 1 and set(meta["files"]) == {"model.safetensors", "state.pt"}
+    weights = load_file(folder / "model.safetensors")
+    assert "embed.weight" in weights
+
+
+def test_generate_and_eval_on_a_finished_run(tiny_run, tmp_path):
+    run, _ = tiny_run
+    a = cli("generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "1")
+    b = cli("generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "1")
+    assert a.stdout == b.stdout and a.stdout.startswith("ROMEO:") and len(a.stdout.rstrip("\n")) == 26
+    out = json.loads(cli("eval", str(run)).stdout)
+    assert out["step"] == 20 and out["loss"] > 0 and "bits_per_char" in out
+    other = tmp_path / "sonnet.txt"
+    other.write_text("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n" * 40)
+    out2 = json.loads(cli("eval", str(run), "--data", str(other)).stdout)
+    assert out2["data"] == str(other) and out2["loss"] != out["loss"]
+
+
+def test_existing_run_needs_resume_or_fresh(tiny_run):
+    run, _ = tiny_run
+    proc = cli("train", *TINY, "--run-dir", str(run), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "--resume" in proc.stderr and "--fresh" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--set", "optim.lrr=0.1"], "did you mean 'optim.lr'"),
+    (["--set", "train.batchsize=8"], "did you mean 'train.batch_size'"),
+    (["--set", "train.batch_size=lots"], "train.batch_size"),
+    (["--set", "optim.lr=-1"], "optim.lr"),
+    (["--set", "model.n_head=3"], "model.n_head (3) must divide model.d_model"),
+    (["--set", "schedule.name=linear"], "schedule.name"),
+    (["--preset", "shakespeare-chars"], "did you mean 'shakespeare-char'"),
+    (["--set", "nokey"], "key=value"),
+])
+def test_bad_config_exits_2_with_one_line_naming_the_key(tmp_path, args, needle):
+    preset = [] if "--preset" in args else TINY
+    proc = cli("train", *preset, *args, "--run-dir", str(tmp_path / "r"), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert needle in proc.stderr
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_config_file_and_overrides_stack(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim:\n  lr: 0.002\ntrain:\n  batch_size: 3\n")
+    run = tmp_path / "r"
+    cli("train", "--preset", "tiny", "--config", str(cfg), "--set", "train.batch_size=2",
+        "--set", "train.max_steps=2", "--set", "optim.betas=[0.8, 0.99]", "--run-dir", str(run))
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["optim"]["lr"] == 0.002 and saved["train"]["batch_size"] == 2
+    assert saved["optim"]["betas"] == [0.8, 0.99]

@@ -1,0 +1,83 @@
+"""The decoder: causality, KV cache, and parity with transformers' Llama on the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainlab.config import ModelConfig
+from trainlab.models.gpt import GPT, KVCache
+
+
+def tiny_model(seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    cfg = dict(n_layer=2, n_head=4, d_model=32, seq_len=24, vocab_size=50, tie_embeddings=False)
+    cfg.update(kw)
+    return GPT(ModelConfig(**cfg)).eval()
+
+
+def test_future_tokens_do_not_change_past_logits():
+    model = tiny_model()
+    x = torch.randint(0, 50, (2, 20))
+    y = x.clone()
+    y[:, 12:] = torch.randint(0, 50, (2, 8))
+    assert not torch.equal(x, y)
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    torch.testing.assert_close(a[:, :12], b[:, :12], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_kv_cache_prefill_and_decode_equal_full_recomputation():
+    model = tiny_model()
+    x = torch.randint(0, 50, (3, 18))
+    with torch.no_grad():
+        full = model(x)
+        cache = KVCache.empty(model.cfg, 3, model.cfg.seq_len, "cpu", torch.float32)
+        parts = [model(x[:, :10], cache)]  # prefill
+        parts += [model(x[:, t:t + 1], cache) for t in range(10, 14)]  # one token at a time
+        parts.append(model(x[:, 14:], cache))  # several tokens after a prefix: needs the offset mask
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_tied_embeddings_share_one_tensor():
+    model = tiny_model(tie_embeddings=True)
+    assert model.lm_head.weight is model.embed.weight
+    assert model.num_params() == sum(p.numel() for p in model.parameters())
+
+
+def test_flops_estimate_counts_the_real_parameters():
+    model = tiny_model()
+    n = sum(p.numel() for p in model.parameters()) - model.embed.weight.numel()
+    cfg = model.cfg
+    assert model.flops_per_token() == 6 * n + 12 * cfg.n_layer * cfg.seq_len * cfg.d_model
+
+
+def test_logits_match_transformers_llama_on_the_same_weights():
+    transformers = pytest.importorskip("transformers")
+    model = tiny_model(seed=3)
+    cfg = model.cfg
+    hf_cfg = transformers.LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model,
+                                      intermediate_size=cfg.ffn_hidden_size, num_hidden_layers=cfg.n_layer,
+                                      num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
+                                      max_position_embeddings=cfg.seq_len, rms_norm_eps=cfg.norm_eps,
+                                      rope_theta=cfg.rope_theta, tie_word_embeddings=False,
+                                      attention_bias=False, mlp_bias=False)
+    hf = transformers.LlamaForCausalLM(hf_cfg).eval()
+    ours = model.state_dict()
+    mapped = {"model.embed_tokens.weight": ours["embed.weight"], "model.norm.weight": ours["norm.weight"],
+              "lm_head.weight": ours["lm_head.weight"]}
+    for i in range(cfg.n_layer):
+        p = f"blocks.{i}."
+        q = f"model.layers.{i}."
+        mapped[q + "input_layernorm.weight"] = ours[p + "attn_norm.weight"]
+        mapped[q + "post_attention_layernorm.weight"] = ours[p + "mlp_norm.weight"]
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            mapped[q + f"self_attn.{name}.weight"] = ours[p + f"attn.{name}.weight"]
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            mapped[q + f"mlp.{name}.weight"] = ours[p + f"mlp.{name}.weight"]
+    missing, unexpected = hf.load_state_dict(mapped, strict=False)
+    assert not unexpected and all("rotary" in m for m in missing)
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(x).logits, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,96 @@
+"""Weight-decay groups and schedules, against torch's own optimizers and schedulers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainlab.config import ModelConfig, ScheduleConfig
+from trainlab.models.gpt import GPT
+from trainlab.train.schedules import lr_multiplier
+from trainlab.train.trainer import param_groups
+
+
+def names_in(model, params):
+    ids = {id(p) for p in params}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_weight_decay_only_on_matrices_not_norms_or_embeddings(tied):
+    model = GPT(ModelConfig(n_layer=2, n_head=2, d_model=16, seq_len=8, vocab_size=30, tie_embeddings=tied))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    decayed, not_decayed = names_in(model, decay["params"]), names_in(model, no_decay["params"])
+    assert "embed.weight" in not_decayed and "embed.weight" not in decayed
+    assert all("norm" in n for n in not_decayed - {"embed.weight", "lm_head.weight"})
+    assert {f"blocks.{i}.attn.q_proj.weight" for i in range(2)} <= decayed
+    assert {f"blocks.{i}.mlp.down_proj.weight" for i in range(2)} <= decayed
+    assert ("lm_head.weight" in decayed) == (not tied)
+    # every parameter is in exactly one group, tied ones once
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    decay_e, _ = param_groups(model, 0.1, decay_embeddings=True)
+    assert "embed.weight" in names_in(model, decay_e["params"])
+
+
+def torch_lrs(make_scheduler, steps, lr=1.0):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = make_scheduler(opt)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("total,pct,div,final", [(100, 0.3, 25.0, 1e4), (57, 0.1, 10.0, 100.0), (1000, 0.03, 25.0, 1e4)])
+def test_onecycle_equals_torch_onecycle(total, pct, div, final):
+    expected = torch_lrs(lambda o: torch.optim.lr_scheduler.OneCycleLR(
+        o, max_lr=2e-4, total_steps=total, pct_start=pct, div_factor=div, final_div_factor=final), total)
+    cfg = ScheduleConfig(name="onecycle", pct_start=pct, div_factor=div, final_div_factor=final)
+    ours = [2e-4 * lr_multiplier(cfg, s, total) for s in range(total)]
+    torch.testing.assert_close(torch.tensor(ours, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
+                               rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("total,ratio", [(50, 0.0), (200, 0.1)])
+def test_cosine_without_warmup_equals_torch_cosine_annealing(total, ratio):
+    expected = torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total, eta_min=ratio * 3e-3),
+                         total, lr=3e-3)
+    cfg = ScheduleConfig(name="cosine", warmup_steps=0, min_lr_ratio=ratio)
+    ours = [3e-3 * lr_multiplier(cfg, s, total) for s in range(total)]
+    torch.testing.assert_close(torch.tensor(ours, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_warmup_then_cosine_shape():
+    cfg = ScheduleConfig(name="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    lrs = [lr_multiplier(cfg, s, 110) for s in range(110)]
+    assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11)
+    assert lrs[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lr_multiplier(cfg, 110, 110) == pytest.approx(0.1)
+
+
+def test_cosine_restarts_wsd_and_constant():
+    restarts = ScheduleConfig(name="cosine_restarts", warmup_steps=0, cycles=2, min_lr_ratio=0.0)
+    assert lr_multiplier(restarts, 0, 100) == pytest.approx(1.0)
+    assert lr_multiplier(restarts, 49, 100) < 0.01
+    assert lr_multiplier(restarts, 50, 100) == pytest.approx(1.0)  # the restart
+    wsd = ScheduleConfig(name="wsd", warmup_steps=5, decay_fraction=0.2, min_lr_ratio=0.0)
+    assert lr_multiplier(wsd, 50, 105) == 1.0
+    assert lr_multiplier(wsd, 105, 105) == pytest.approx(0.0)
+    assert 0 < lr_multiplier(wsd, 95, 105) < 1
+    const = ScheduleConfig(name="constant", warmup_steps=3)
+    assert [lr_multiplier(const, s, 10) for s in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+
+
+def test_adamw_step_matches_a_hand_computed_decoupled_update():
+    # decoupled decay: p <- p - lr*wd*p - lr*adam_update, not an L2 term in the gradient
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = torch.optim.AdamW([{"params": [p], "weight_decay": 0.5}], lr=0.1, betas=(0.9, 0.95), eps=0.0)
+    p.grad = torch.tensor([0.3, -0.4])
+    opt.step()
+    expected = torch.tensor([1.0, -2.0]) * (1 - 0.1 * 0.5) - 0.1 * torch.sign(torch.tensor([0.3, -0.4]))
+    torch.testing.assert_close(p.detach(), expected)
