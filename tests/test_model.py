@@ -72,10 +72,12 @@ def test_logits_match_transformers_llama_on_the_same_weights():
         q = f"model.layers.{i}."
         mapped[q + "input_layernorm.weight"] = ours[p + "attn_norm.weight"]
         mapped[q + "post_attention_layernorm.weight"] = ours[p + "mlp_norm.weight"]
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            mapped[q + f"self_attn.{name}.weight"] = ours[p + f"attn.{name}.weight"]
-        for name in ("gate_proj", "up_proj", "down_proj"):
-            mapped[q + f"mlp.{name}.weight"] = ours[p + f"mlp.{name}.weight"]
+        for name, w in zip(("q_proj", "k_proj", "v_proj"), ours[p + "attn.qkv_proj.weight"].chunk(3)):
+            mapped[q + f"self_attn.{name}.weight"] = w
+        mapped[q + "self_attn.o_proj.weight"] = ours[p + "attn.o_proj.weight"]
+        for name, w in zip(("gate_proj", "up_proj"), ours[p + "mlp.gate_up_proj.weight"].chunk(2)):
+            mapped[q + f"mlp.{name}.weight"] = w
+        mapped[q + "mlp.down_proj.weight"] = ours[p + "mlp.down_proj.weight"]
     missing, unexpected = hf.load_state_dict(mapped, strict=False)
     assert not unexpected and all("rotary" in m for m in missing)
     x = torch.randint(0, cfg.vocab_size, (2, 16))

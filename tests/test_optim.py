@@ -24,7 +24,7 @@ def test_weight_decay_only_on_matrices_not_norms_or_embeddings(tied):
     decayed, not_decayed = names_in(model, decay["params"]), names_in(model, no_decay["params"])
     assert "embed.weight" in not_decayed and "embed.weight" not in decayed
     assert all("norm" in n for n in not_decayed - {"embed.weight", "lm_head.weight"})
-    assert {f"blocks.{i}.attn.q_proj.weight" for i in range(2)} <= decayed
+    assert {f"blocks.{i}.attn.qkv_proj.weight" for i in range(2)} <= decayed
     assert {f"blocks.{i}.mlp.down_proj.weight" for i in range(2)} <= decayed
     assert ("lm_head.weight" in decayed) == (not tied)
     # every parameter is in exactly one group, tied ones once
