@@ -35,7 +35,7 @@ def train(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set_:
         if run_dir is None:
             raise TrainlabError("--resume needs --run-dir")
         run_mod.prepare_run_dir(run_dir, resume=True, fresh=False)
-        from trainlab.config import apply_overrides, merge, load_yaml
+        from trainlab.config import apply_overrides, load_yaml, merge
 
         tree = run_mod.saved_config(run_dir)
         if config:
@@ -46,7 +46,13 @@ def train(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set_:
             preset = "shakespeare-char"
         cfg = resolve(preset, config, list(set_ or []))
     run_dir = run_dir or run_mod.new_run_dir(cfg.preset or (config.stem if config else None))
-    result = run_mod.train(cfg, run_dir, resume=resume, fresh=fresh)
+    from trainlab.train.trainer import Diverged
+
+    try:
+        result = run_mod.train(cfg, run_dir, resume=resume, fresh=fresh)
+    except Diverged as err:
+        print(f"error: training diverged: {err}; checkpoints are intact", file=sys.stderr)
+        raise typer.Exit(1)
     val = result.get("val") or {}
     bits = next(((k, val[k]) for k in ("bits_per_char", "bits_per_byte", "bits_per_token") if k in val), None)
     summary = f"done: {result['stop_reason']} at step {result['step']} ({result['tokens']:,} tokens, {result['elapsed_s']:.1f} s)"
@@ -119,10 +125,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as err:
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
+        # usage errors (typer ships its own click, so match by shape): one line, exit 2
+        if hasattr(err, "format_message") and isinstance(getattr(err, "exit_code", None), int):
+            print(f"error: {err.format_message()}", file=sys.stderr)
             sys.exit(err.exit_code)
         raise
     sys.exit(code if isinstance(code, int) else 0)

@@ -183,6 +183,18 @@ class CheckpointConfig(_Section):
 class GuardConfig(_Section):
     skip_nonfinite: bool = True
     """Skip an optimizer step whose loss or gradient is not finite."""
+    max_nonfinite: int = Field(3, ge=1)
+    """Consecutive non-finite steps that trigger a rollback to the last good checkpoint."""
+    spike_factor: float = Field(3.0, gt=1.0)
+    """A loss above spike_factor x the running median is a spike: skip the step and roll back."""
+    spike_window: int = Field(50, ge=5)
+    """Steps in the running median the spike test compares against."""
+    lr_factor: float = Field(0.5, gt=0.0, le=1.0)
+    """Multiply the learning rate by this after each rollback."""
+    lr_recovery_steps: int = Field(100, ge=0)
+    """Steps over which the lowered lr climbs back to the schedule; 0 keeps it lowered for good."""
+    max_rollbacks: int = Field(5, ge=0)
+    """Give up (exit 1, checkpoints intact) after this many rollbacks."""
 
 
 class RunConfig(_Section):

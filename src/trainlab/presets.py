@@ -57,7 +57,10 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
 
 def get_preset(name: str) -> RunConfig:
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; known presets: {', '.join(PRESETS)}"
+        close = [p for p in PRESETS if p.startswith(name)] or difflib.get_close_matches(name, list(PRESETS), n=1)
+        if len(close) == 1:
+            hint = f"; did you mean '{close[0]}'?"
+        else:
+            hint = f"; did you mean one of {', '.join(close)}?" if close else f"; known presets: {', '.join(PRESETS)}"
         raise ConfigError(f"unknown preset '{name}'{hint}")
     return PRESETS[name]()

@@ -30,12 +30,17 @@ class JsonlSink:
         self.fh.write(json.dumps({k: _clean(v) for k, v in row.items()}, ensure_ascii=False) + "\n")
         self.fh.flush()
 
+    def truncate_after(self, step: int, keep_events: bool = False) -> None:
+        self.fh.close()
+        truncate_after(self.path, step, keep_events)
+        self.fh = open(self.path, "a", encoding="utf-8")
+
     def close(self) -> None:
         self.fh.close()
 
 
-def truncate_after(path: Path, step: int) -> None:
-    """Drop rows written after `step` (work lost by a kill): resume then appends them again."""
+def truncate_after(path: Path, step: int, keep_events: bool = False) -> None:
+    """Drop rows written after `step` (work lost by a kill or undone by a rollback); events can stay."""
     path = Path(path)
     if not path.exists():
         return
@@ -46,7 +51,7 @@ def truncate_after(path: Path, step: int) -> None:
                 row = json.loads(line)
             except ValueError:
                 continue  # a line cut by a kill
-            if row.get("step", 0) <= step:
+            if row.get("step", 0) <= step or (keep_events and row.get("split") == "event"):
                 kept.append(line if line.endswith("\n") else line + "\n")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(kept), encoding="utf-8")

@@ -15,6 +15,8 @@ from typing import Callable, Optional
 
 import yaml
 
+from trainlab.monitor.sinks import truncate_after
+
 from trainlab import __version__
 from trainlab.config import RunConfig, build_config
 from trainlab.errors import ConfigError, TrainlabError
@@ -64,7 +66,7 @@ def run_lock(run_dir: Path):
 def git_commit() -> Optional[str]:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        return (out.stdout.strip() or None) if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -82,6 +84,7 @@ def write_env(run_dir: Path, extra: dict) -> None:
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, fresh: bool) -> None:
+    """Check the run directory against the flags; writes nothing."""
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainlabError(f"--run-dir '{run_dir}' is a file; give a directory")
     if run_dir.exists() and holds_run(run_dir):
@@ -90,7 +93,6 @@ def prepare_run_dir(run_dir: Path, resume: bool, fresh: bool) -> None:
                                 f"or --fresh to start over")
     elif resume:
         raise TrainlabError(f"--resume given but '{run_dir}' holds no run to resume; drop --resume")
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def clear_run(run_dir: Path) -> None:
@@ -118,77 +120,81 @@ def check_resume_compatible(saved: RunConfig, new: RunConfig, run_dir: Path) -> 
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, fresh: bool = False,
           log: Callable[[str], None] = print) -> dict:
+    """Check everything, then train. Bad input is found before anything is written or removed."""
     from trainlab.data.prepare import prepare
-    from trainlab.train.checkpoint import CheckpointManager
-    from trainlab.monitor.sinks import truncate_after
 
     prepare_run_dir(run_dir, resume, fresh)
-    with run_lock(run_dir):
-        if resume:
-            saved = build_config(saved_config(run_dir))
-            check_resume_compatible(saved, cfg, run_dir)
-        elif fresh:
-            clear_run(run_dir)
-        data = prepare(cfg.data, cfg.model.seq_len, log=log)
-        if cfg.model.vocab_size is None:
-            cfg = build_config({**cfg.to_dict(), "model": {**cfg.model.model_dump(), "vocab_size": data.tokenizer.vocab_size}})
-        elif cfg.model.vocab_size < data.tokenizer.vocab_size:
-            raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
-                              f"{data.tokenizer.vocab_size}; remove it or raise it")
-        if resume:
-            tok_path = run_dir / "tokenizer.json"
-            if tok_path.exists() and tok_path.read_text(encoding="utf-8") != data.tokenizer.to_json():
-                raise ConfigError(f"cannot resume '{run_dir}': its tokenizer.json differs from the one the data now "
-                                  f"gives; use --fresh or another --run-dir")
+    if resume:
+        check_resume_compatible(build_config(saved_config(run_dir)), cfg, run_dir)
+    data = prepare(cfg.data, cfg.model.seq_len, log=log)
+    if cfg.model.vocab_size is None:
+        cfg = build_config({**cfg.to_dict(), "model": {**cfg.model.model_dump(), "vocab_size": data.tokenizer.vocab_size}})
+    elif cfg.model.vocab_size < data.tokenizer.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                          f"{data.tokenizer.vocab_size}; remove it or raise it")
+    if resume:
+        tok_path = run_dir / "tokenizer.json"
+        if tok_path.exists() and tok_path.read_text(encoding="utf-8") != data.tokenizer.to_json():
+            raise ConfigError(f"cannot resume '{run_dir}': its tokenizer.json differs from the one data.tokenizer "
+                              f"now gives; use --fresh or another --run-dir")
+    if cfg.init_from:
+        init_weights = load_init_weights(cfg.init_from)
 
-        from trainlab.train.trainer import Trainer
+    from trainlab.train.trainer import Trainer
 
-        if cfg.train.threads:
-            import torch
+    if cfg.train.threads:
+        import torch
 
-            torch.set_num_threads(cfg.train.threads)
-        trainer = Trainer(cfg, data, run_dir, log=log)
-        resumed = False
-        if resume:
-            resumed = trainer.resume()
-            if not resumed:
+        torch.set_num_threads(cfg.train.threads)
+    created = not run_dir.exists()
+    started = False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with run_lock(run_dir):
+            trainer = Trainer(cfg, data, run_dir, log=log)
+            resumed = trainer.resume() if resume else False
+            if resume and not resumed:
                 log(f"warning: '{run_dir}' has no intact checkpoint; starting from step 0")
+            if not resumed:
                 clear_run(run_dir)
+                if cfg.init_from:
+                    try:
+                        trainer.load_model_state(init_weights)
+                    except (ValueError, RuntimeError):
+                        raise ConfigError(f"init_from '{cfg.init_from}': its weights do not fit this model's shape") from None
+                (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+                data.tokenizer.save(run_dir / "tokenizer.json")
             else:
                 truncate_after(run_dir / "metrics.jsonl", trainer.progress.step)
                 truncate_after(run_dir / "samples.jsonl", trainer.progress.step)
-        elif cfg.init_from:
-            init_from(trainer, cfg.init_from)
-        if not resumed:
-            (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-            data.tokenizer.save(run_dir / "tokenizer.json")
-        write_env(run_dir, {"device": str(trainer.device), "precision": trainer.precision,
-                            "data_cache": str(data.directory)})
-        n_params = trainer.model.num_params()
-        log(f"run {run_dir} | {cfg.task} | {n_params / 1e6:.2f}M parameters | device {trainer.device} "
-            f"| precision {trainer.precision} | vocab {cfg.model.vocab_size}")
-        log(f"train {len(data.train):,} tokens, val {len(data.val):,} tokens | effective batch "
-            f"{cfg.train.batch_size} x {cfg.train.grad_accum} x {cfg.model.seq_len} = {cfg.tokens_per_step:,} tokens/step")
-        result = trainer.fit(resumed=resumed)
-        result["run_dir"] = str(run_dir)
-        return result
+            write_env(run_dir, {"device": str(trainer.device), "precision": trainer.precision,
+                                "data_cache": str(data.directory)})
+            log(f"run {run_dir} | {cfg.task} | {trainer.model.num_params() / 1e6:.2f}M parameters | device "
+                f"{trainer.device} | precision {trainer.precision} | vocab {cfg.model.vocab_size}")
+            log(f"train {len(data.train):,} tokens, val {len(data.val):,} tokens | effective batch "
+                f"{cfg.train.batch_size} x {cfg.train.grad_accum} x {cfg.model.seq_len} = "
+                f"{cfg.tokens_per_step:,} tokens/step")
+            started = True
+            result = trainer.fit(resumed=resumed)
+    except TrainlabError:
+        if created and not started:  # bad input found before training: leave nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    result["run_dir"] = str(run_dir)
+    return result
 
 
-def init_from(trainer, source: str) -> None:
+def load_init_weights(source: str) -> dict:
+    """The best (else newest intact) weights of another run, to start a new run from."""
     from trainlab.train.checkpoint import CheckpointManager
 
     src = Path(source)
-    manager = CheckpointManager(src / "checkpoints")
-    step = None
+    if not src.is_dir():
+        raise TrainlabError(f"init_from '{source}' is not a run directory")
+    manager = CheckpointManager(src / "checkpoints", log=lambda s: None)
     best = manager.best_meta()
-    if best is not None:
-        step = best["step"]
-    else:
-        step = manager.latest_good()
+    step = best["step"] if best is not None and manager.verify(best["step"]) is None else manager.latest_good()
     if step is None:
         raise TrainlabError(f"init_from '{source}' holds no intact checkpoint")
     weights, _, _ = manager.load(step)
-    try:
-        trainer.load_model_state(weights)
-    except (ValueError, RuntimeError):
-        raise ConfigError(f"init_from '{source}': its weights do not fit this model's shape") from None
+    return weights

@@ -6,7 +6,7 @@ import fnmatch
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -59,6 +59,15 @@ class Progress:
     best_val: float = float("inf")
     bad_evals: int = 0
     skipped_steps: int = 0
+    lr_scale: float = 1.0  # lowered by each rollback, then recovering
+    rollback_step: int = 0
+    rollbacks: int = 0
+    nonfinite_streak: int = 0
+    recent_losses: list = field(default_factory=list)  # for the spike guard's running median
+
+
+class Diverged(Exception):
+    """The guards rolled back more often than guard.max_rollbacks allows."""
 
 
 class StopRequested(Exception):
@@ -125,7 +134,9 @@ class Trainer:
         p = self.progress
         state = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                  "step": p.step, "tokens": p.tokens, "elapsed_s": p.elapsed_s, "best_val": p.best_val,
-                 "bad_evals": p.bad_evals, "skipped_steps": p.skipped_steps,
+                 "bad_evals": p.bad_evals, "skipped_steps": p.skipped_steps, "lr_scale": p.lr_scale,
+                 "rollback_step": p.rollback_step, "rollbacks": p.rollbacks, "nonfinite_streak": p.nonfinite_streak,
+                 "recent_losses": torch.tensor(p.recent_losses, dtype=torch.float64),
                  "rng_cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -136,7 +147,11 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(step=int(state["step"]), tokens=int(state["tokens"]),
                                  elapsed_s=float(state["elapsed_s"]), best_val=float(state["best_val"]),
-                                 bad_evals=int(state["bad_evals"]), skipped_steps=int(state["skipped_steps"]))
+                                 bad_evals=int(state["bad_evals"]), skipped_steps=int(state["skipped_steps"]),
+                                 lr_scale=float(state["lr_scale"]), rollback_step=int(state["rollback_step"]),
+                                 rollbacks=int(state["rollbacks"]),
+                                 nonfinite_streak=int(state["nonfinite_streak"]),
+                                 recent_losses=state["recent_losses"].tolist())
         torch.set_rng_state(state["rng_cpu"].cpu())
         if "rng_cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
@@ -200,7 +215,7 @@ class Trainer:
         step = self.progress.step
         if step in {int(s) for s in t.unfreeze}:
             self._apply_freeze(step)
-        lr = self.cfg.optim.lr * lr_multiplier(self.cfg.schedule, step, self.schedule_total())
+        lr = self.cfg.optim.lr * self.lr_scale_now() * lr_multiplier(self.cfg.schedule, step, self.schedule_total())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -222,17 +237,54 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         loss_value = float(total_loss)
         finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
-        if finite or not self.cfg.guard.skip_nonfinite:
-            self.scaler.step(self.optimizer)
-        else:
+        spike = finite and self._is_spike(loss_value)
+        if spike or (not finite and self.cfg.guard.skip_nonfinite):
             self.progress.skipped_steps += 1
+        else:
+            self.scaler.step(self.optimizer)
+        self.progress.nonfinite_streak = 0 if finite else self.progress.nonfinite_streak + 1
+        if finite and not spike:
+            self.progress.recent_losses = (self.progress.recent_losses + [loss_value])[-self.cfg.guard.spike_window:]
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step += 1
         self.progress.tokens += self.cfg.tokens_per_step
         return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                 "clipped": bool(self.cfg.optim.grad_clip > 0 and grad_norm > self.cfg.optim.grad_clip),
-                "finite": finite, "data_s": data_s}
+                "finite": finite, "spike": spike, "data_s": data_s}
+
+    def lr_scale_now(self) -> float:
+        """The guards' lr factor: lowered at a rollback, back to 1 over guard.lr_recovery_steps."""
+        p, recovery = self.progress, self.cfg.guard.lr_recovery_steps
+        if p.lr_scale >= 1.0 or recovery == 0:
+            return p.lr_scale
+        return p.lr_scale + (1.0 - p.lr_scale) * min((p.step - p.rollback_step) / recovery, 1.0)
+
+    def _is_spike(self, loss: float) -> bool:
+        history = self.progress.recent_losses
+        if len(history) < max(self.cfg.guard.spike_window // 2, 5):
+            return False
+        return loss > self.cfg.guard.spike_factor * float(np.median(history))
+
+    def rollback(self, reason: str) -> Optional[int]:
+        """Back to the last good checkpoint with a lower learning rate; None when there is none yet."""
+        g = self.cfg.guard
+        rollbacks = self.progress.rollbacks + 1
+        if rollbacks > g.max_rollbacks:
+            raise Diverged(f"{reason}; {g.max_rollbacks} rollbacks did not help (guard.max_rollbacks)")
+        lr_scale = self.lr_scale_now() * g.lr_factor
+        step = self.checkpoints.latest_good()
+        elapsed = self.progress.elapsed_s  # time spent stays spent
+        if step is not None:
+            weights, state, _ = self.checkpoints.load(step, self.device)
+            self.load_model_state(weights)
+            self.load_state_dict(state)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.lr_scale, self.progress.rollbacks = lr_scale, rollbacks
+        self.progress.rollback_step = self.progress.step
+        self.progress.nonfinite_streak = 0
+        self.progress.elapsed_s = elapsed
+        return step
 
     @torch.no_grad()
     def evaluate(self, tokens: Optional[np.ndarray] = None) -> dict[str, float]:
@@ -320,10 +372,25 @@ class Trainer:
                     self.progress.elapsed_s += dt  # the first compiled step is warm-up, not training
                 self._warm = True
                 window_tokens += cfg.tokens_per_step
-                if not out["finite"]:
-                    emit(self.row("event", kind="nonfinite_skip",
-                                  detail=f"loss {out['loss']}, grad_norm {out['grad_norm']}: step skipped"))
-                    say(f"step {self.progress.step}: non-finite loss or gradient, step skipped")
+                if not out["finite"] or out["spike"]:
+                    what = "loss spike" if out["spike"] else "non-finite loss or gradient"
+                    emit(self.row("event", kind="spike_skip" if out["spike"] else "nonfinite_skip",
+                                  detail=f"{what}: loss {out['loss']}, grad_norm {out['grad_norm']}; step skipped"))
+                    say(f"step {self.progress.step}: {what} (loss {out['loss']:.4g}), step skipped")
+                    if out["spike"] or self.progress.nonfinite_streak >= cfg.guard.max_nonfinite:
+                        at = self.progress.step
+                        back = self.rollback(f"{what} at step {at}")
+                        if back is not None:
+                            for sink in (metrics, samples):
+                                sink.truncate_after(back, keep_events=True)
+                        detail = (f"{what} at step {at}: rolled back to step {back}" if back is not None else
+                                  f"{what} at step {at}: no checkpoint yet, continuing") + \
+                                 f"; lr x{self.progress.lr_scale:g}, back to the schedule over " \
+                                 f"{cfg.guard.lr_recovery_steps} steps"
+                        emit(self.row("event", kind="rollback", detail=detail))
+                        say(detail)
+                        window_tokens, window_start = 0, time.perf_counter()
+                        continue
                 step = self.progress.step
                 if step % cfg.train.log_interval == 0 or self.budget_done():
                     now = time.perf_counter()

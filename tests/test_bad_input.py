@@ -1,0 +1,173 @@
+"""Bad input: every case exits 2 with one line naming the file or key, and writes or loses nothing.
+
+The table in docs/errors.md is generated from these cases: run with TRAINLAB_UPDATE_DOCS=1 to
+rewrite it; otherwise the last test checks that it is up to date.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, cli
+
+DOC = REPO / "docs" / "errors.md"
+RESULTS: dict[str, tuple[str, int, str]] = {}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    cli("train", "--preset", "tiny", "--set", "train.max_steps=10", "--run-dir", str(root / "run"))
+    return root
+
+
+def w(path: Path, data) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return str(path)
+
+
+TINY = ["train", "--preset", "tiny"]
+NEW = ["--run-dir", "{root}/new"]
+
+# name: (what the user gave, files to create {relative path: content}, argv, expected fragment)
+CASES = {
+    "empty_text_file": ("an empty .txt file", {"empty.txt": ""},
+                        [*TINY, "--set", "data.source={root}/empty.txt", *NEW], "is empty"),
+    "binary_file": ("a binary file as text", {"model.bin": b"\x00\x01\x02\xff" * 400},
+                    [*TINY, "--set", "data.source={root}/model.bin", *NEW], "looks binary"),
+    "non_utf8_text": ("Latin-1 text", {"latin1.txt": "caf\xe9 na\xefve r\xf4le\n".encode("latin-1") * 500},
+                      [*TINY, "--set", "data.source={root}/latin1.txt", *NEW], "is not UTF-8 text"),
+    "jsonl_broken_line_strict": ("a broken .jsonl line with data.strict=true",
+                                 {"b.jsonl": '{"text": "fine line of text"}\n{broken\n' * 50},
+                                 [*TINY, "--set", "data.source={root}/b.jsonl", "--set", "data.strict=true", *NEW],
+                                 "b.jsonl:2 is not valid JSON"),
+    "jsonl_missing_text_field": ("a .jsonl without a `text` field", {"m.jsonl": '{"content": "no text"}\n' * 50},
+                                 [*TINY, "--set", "data.source={root}/m.jsonl", *NEW], "set data.text_field"),
+    "jsonl_empty": ("an empty .jsonl file", {"e.jsonl": ""},
+                    [*TINY, "--set", "data.source={root}/e.jsonl", *NEW], "is empty"),
+    "corpus_shorter_than_a_sequence": ("a text shorter than one sequence", {"short.txt": "To be.\n"},
+                                       [*TINY, "--set", "data.source={root}/short.txt", *NEW],
+                                       "fewer than one sequence of model.seq_len=32"),
+    "missing_data_path": ("a data path that does not exist", {},
+                          [*TINY, "--set", "data.source={root}/nowhere.txt", *NEW],
+                          "is neither a bundled corpus nor an existing path"),
+    "corpus_name_typo": ("a misspelt corpus name", {}, [*TINY, "--set", "data.source=shakespear", *NEW],
+                         "did you mean the corpus 'shakespeare'"),
+    "folder_without_text": ("a folder with no .txt files", {"docs/readme.md": "# nothing"},
+                            [*TINY, "--set", "data.source={root}/docs", *NEW], "holds no .txt files"),
+    "tokenizer_file_missing": ("a tokenizer.json that does not exist", {},
+                               [*TINY, "--set", "data.tokenizer={root}/tok/tokenizer.json", *NEW], "does not exist"),
+    "tokenizer_not_json": ("a tokenizer.json that is not JSON", {"tokenizer.json": "hello"},
+                           [*TINY, "--set", "data.tokenizer={root}/tokenizer.json", *NEW], "is not valid JSON"),
+    "tokenizer_unreadable": ("JSON that is no tokenizer", {"tok2.json": '{"model": 3}'},
+                             [*TINY, "--set", "data.tokenizer={root}/tok2.json", *NEW], "is not a tokenizer"),
+    "unknown_key": ("a misspelt config key", {}, [*TINY, "--set", "optim.lrr=0.1", *NEW], "did you mean 'optim.lr'"),
+    "wrong_type": ("a value of the wrong type", {}, [*TINY, "--set", "train.batch_size=many", *NEW],
+                   "config key 'train.batch_size'"),
+    "negative_lr": ("a negative learning rate", {}, [*TINY, "--set", "optim.lr=-0.001", *NEW], "config key 'optim.lr'"),
+    "heads_do_not_divide_width": ("n_head not dividing d_model", {}, [*TINY, "--set", "model.n_head=3", *NEW],
+                                  "must divide model.d_model"),
+    "unknown_schedule": ("an unknown schedule", {}, [*TINY, "--set", "schedule.name=linear", *NEW],
+                         "config key 'schedule.name'"),
+    "unknown_preset": ("an unknown preset", {}, ["train", "--preset", "shakespeare", *NEW],
+                       "did you mean one of shakespeare-char, shakespeare-bpe?"),
+    "config_file_missing": ("a --config file that does not exist", {},
+                            [*TINY, "--config", "{root}/nope.yaml", *NEW], "does not exist"),
+    "config_not_yaml": ("a --config file that is not YAML", {"bad.yaml": "optim: [1, 2\n"},
+                        [*TINY, "--config", "{root}/bad.yaml", *NEW], "is not valid YAML"),
+    "config_not_mapping": ("a --config file holding a list", {"list.yaml": "- 1\n- 2\n"},
+                           [*TINY, "--config", "{root}/list.yaml", *NEW], "must hold a mapping"),
+    "config_wrong_type": ("a --config file with a wrong type", {"t.yaml": "train:\n  batch_size: many\n"},
+                          [*TINY, "--config", "{root}/t.yaml", *NEW], "config key 'train.batch_size'"),
+    "config_unknown_key": ("a --config file with an unknown key", {"u.yaml": "optim:\n  weight_decy: 0.1\n"},
+                           [*TINY, "--config", "{root}/u.yaml", *NEW], "did you mean 'optim.weight_decay'"),
+    "config_is_a_directory": ("a directory as --config", {"cfgdir/x.txt": "x"},
+                              [*TINY, "--config", "{root}/cfgdir", *NEW], "is a directory"),
+    "run_dir_is_a_file": ("a file as --run-dir", {"afile": "x"}, [*TINY, "--run-dir", "{root}/afile"], "is a file"),
+    "existing_run_without_flag": ("an existing run without --resume/--fresh", {},
+                                  [*TINY, "--run-dir", "{root}/run"], "pass --resume to continue it or --fresh"),
+    "resume_without_run": ("--resume on a directory with no run", {"emptyrun/.keep": ""},
+                           [*TINY, "--run-dir", "{root}/emptyrun", "--resume"], "holds no run to resume"),
+    "resume_without_run_dir": ("--resume without --run-dir", {}, [*TINY, "--resume"], "--resume needs --run-dir"),
+    "resume_and_fresh": ("--resume and --fresh together", {}, [*TINY, "--run-dir", "{root}/run", "--resume", "--fresh"],
+                         "exclude each other"),
+    "set_without_equals": ("--set without key=value", {}, [*TINY, "--set", "optim.lr", *NEW], "--set expects key=value"),
+    "resume_other_shape": ("resuming with another model shape", {},
+                           [*TINY, "--run-dir", "{root}/run", "--resume", "--set", "model.d_model=64"],
+                           "cannot resume"),
+    "resume_other_tokenizer": ("resuming with another tokenizer", {},
+                               [*TINY, "--run-dir", "{root}/run", "--resume", "--set", "data.tokenizer=byte"],
+                               "data.tokenizer='byte'"),
+    "vocab_smaller_than_tokenizer": ("model.vocab_size below the tokenizer's", {},
+                                     [*TINY, "--set", "model.vocab_size=10", *NEW], "smaller than the tokenizer's"),
+    "fp16_on_cpu": ("fp16 precision on a CPU", {}, [*TINY, "--set", "train.precision=fp16", *NEW],
+                    "train.precision=fp16 is for GPUs"),
+    "cuda_without_gpu": ("train.device=cuda without a GPU", {}, [*TINY, "--set", "train.device=cuda", *NEW],
+                         "no CUDA GPU is visible"),
+    "init_from_missing": ("init_from a path that is no run", {}, [*TINY, "--set", "init_from={root}/nope", *NEW],
+                          "is not a run directory"),
+    "init_from_other_shape": ("init_from a run of another shape", {},
+                              [*TINY, "--set", "init_from={root}/run", "--set", "model.d_model=64", *NEW],
+                              "do not fit this model's shape"),
+    "generate_missing_run": ("generate from a run that does not exist", {}, ["generate", "{root}/nope"],
+                             "does not exist"),
+    "generate_bad_top_p": ("generate with --top-p 1.5", {}, ["generate", "{root}/run", "--top-p", "1.5"],
+                           "--top-p"),
+    "eval_missing_data": ("eval --data on a missing file", {}, ["eval", "{root}/run", "--data", "{root}/none.txt"],
+                          "does not exist"),
+    "data_get_unknown": ("data get of an unknown corpus", {}, ["data", "get", "shakespear"], "shakespeare"),
+}
+
+
+def snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file() or p.is_symlink()}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_exits_2_with_one_line(base, name):
+    what, files, argv, fragment = CASES[name]
+    root = base / name
+    root.mkdir()
+    for rel, content in files.items():
+        w(root / rel, content)
+    shutil.copytree(base / "run", root / "run", symlinks=True)
+    before = snapshot(root)
+    proc = cli(*[a.format(root=root) for a in argv], check=False)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert fragment in proc.stderr, proc.stderr
+    assert snapshot(root) == before  # nothing written, nothing lost
+    cache = Path(os.environ["TRAINLAB_CACHE"])
+    assert not [p for p in (cache / "shards").iterdir() if p.name.startswith(".")]
+    shown = " ".join(a.format(root="DIR") for a in argv)
+    RESULTS[name] = (f"{what}: `trainlab {shown}`", proc.returncode, proc.stderr.strip().replace(str(root), "DIR"))
+
+
+def render() -> str:
+    lines = ["# Bad input and what trainlab says", "",
+             "Generated by `tests/test_bad_input.py` (`TRAINLAB_UPDATE_DOCS=1 make test` rewrites it). Every case",
+             "exits with code 2, prints one line on stderr, and leaves the run directory and the cache as they were.",
+             "", "| input | exit | message |", "|---|---|---|"]
+    for name in CASES:
+        what, code, message = RESULTS[name]
+        lines.append(f"| {what.replace('|', '/')} | {code} | {message.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def test_errors_doc_is_generated_from_these_cases():
+    if len(RESULTS) != len(CASES):
+        pytest.skip("run the whole module to compare docs/errors.md")
+    assert len(CASES) >= 30
+    text = render()
+    if os.environ.get("TRAINLAB_UPDATE_DOCS"):
+        DOC.parent.mkdir(exist_ok=True)
+        DOC.write_text(text)
+    assert DOC.exists() and DOC.read_text() == text, "docs/errors.md is stale: run with TRAINLAB_UPDATE_DOCS=1"
