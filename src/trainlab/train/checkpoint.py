@@ -7,7 +7,6 @@ relative symlinks replaced atomically. Loading verifies the checksums and never 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from trainlab.errors import CheckpointError
+from trainlab.files import sha256_file
 
 SCHEMA_VERSION = 1
 STEP_PREFIX = "step-"
@@ -26,14 +26,6 @@ STEP_PREFIX = "step-"
 
 def step_dir_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:08d}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -71,7 +63,7 @@ class CheckpointManager:
             files = {}
             for name in ("model.safetensors", "state.pt"):
                 _fsync(tmp / name)
-                files[name] = _sha256(tmp / name)
+                files[name] = sha256_file(tmp / name)
             full_meta = {"schema_version": SCHEMA_VERSION, "step": step, "val_loss": val_loss, "files": files, **meta}
             meta_tmp = tmp / "meta.json.tmp"
             meta_tmp.write_text(json.dumps(full_meta, indent=1))
@@ -160,7 +152,7 @@ class CheckpointManager:
             path = folder / name
             if not path.exists():
                 return f"{name} is missing"
-            if _sha256(path) != digest:
+            if sha256_file(path) != digest:
                 return f"{name} does not match its checksum"
         return None
 
