@@ -66,6 +66,51 @@ def train(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set_:
         raise typer.Exit(130)
 
 
+@app.command()
+def estimate(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set_: Optional[List[str]] = SET,
+             measure: bool = typer.Option(False, "--measure", help="Time a few real training steps."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON (the contract in DESIGN.md).")) -> None:
+    """Parameters, memory, FLOPs, tokens and time of a run, before running it."""
+    import json
+
+    from trainlab.config import resolve
+    from trainlab.experiment.estimate import estimate as run_estimate
+    from trainlab.experiment.estimate import format_table
+    from trainlab.train import hardware
+
+    cfg = resolve(preset or (None if config else "shakespeare-char"), config, list(set_ or []))
+    train_tokens, data = None, None
+    if cfg.model.vocab_size is None or cfg.train.epochs or measure:
+        from trainlab.config import build_config
+        from trainlab.data.prepare import prepare
+
+        data = prepare(cfg.data, cfg.model.seq_len, log=lambda s: None)
+        train_tokens = len(data.train)
+        if cfg.model.vocab_size is None:
+            cfg = build_config({**cfg.to_dict(), "model": {**cfg.model.model_dump(),
+                                                          "vocab_size": data.tokenizer.vocab_size}})
+    device = hardware.resolve_device(cfg.train.device)
+    precision = hardware.resolve_precision(cfg.train.precision, device)
+    tokens_per_s = measure_throughput(cfg, data) if measure else None
+    result = run_estimate(cfg, precision, device, train_tokens, tokens_per_s)
+    print(json.dumps(result, indent=1) if as_json else format_table(result))
+
+
+def measure_throughput(cfg, data, steps: int = 5) -> float:
+    import tempfile
+    import time
+
+    from trainlab.train.trainer import Trainer
+
+    trainer = Trainer(cfg, data, Path(tempfile.mkdtemp(prefix="trainlab-measure-")), log=lambda s: None)
+    for _ in range(3 if cfg.train.compile else 1):  # warm-up (and compilation)
+        trainer.train_step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    return steps * cfg.tokens_per_step / (time.perf_counter() - t0)
+
+
 @app.command("eval")
 def eval_(run: Path = typer.Argument(..., help="A run directory."),
           data: Optional[Path] = typer.Option(None, "--data", help="Another text file or .jsonl to evaluate on.")) -> None:

@@ -36,6 +36,8 @@ class ModelConfig(_Section):
     """Dropout on embeddings, attention output and feed-forward output."""
     tie_embeddings: bool = True
     """Share the input embedding with the output projection."""
+    output_bias: bool = False
+    """A bias on the output projection (as BERT's MLM head; seed 000's parameter table counts it)."""
     ffn_hidden: Optional[int] = Field(None, ge=1)
     """SwiGLU hidden width; default 8/3 * d_model rounded up to a multiple of 32."""
     rope_theta: float = Field(10000.0, gt=0)

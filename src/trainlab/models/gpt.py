@@ -126,7 +126,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.output_bias)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         cos, sin = rope_tables(cfg.head_dim, cfg.seq_len, cfg.rope_theta)
@@ -145,9 +145,10 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=residual_std)
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
-        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.seq_len, self.cfg.rope_theta)
-        self.rope_cos.copy_(cos.to(self.rope_cos.device))
-        self.rope_sin.copy_(sin.to(self.rope_sin.device))
+        if self.rope_cos.device.type != "meta":  # a meta model (for estimates) has no values
+            cos, sin = rope_tables(self.cfg.head_dim, self.cfg.seq_len, self.cfg.rope_theta)
+            self.rope_cos.copy_(cos.to(self.rope_cos.device))
+            self.rope_sin.copy_(sin.to(self.rope_sin.device))
 
     def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids (B, T). With a cache, positions continue after it."""
@@ -169,6 +170,8 @@ class GPT(nn.Module):
             n -= self.embed.weight.numel()
             if not self.cfg.tie_embeddings:
                 n -= self.lm_head.weight.numel()
+            if self.lm_head.bias is not None:
+                n -= self.lm_head.bias.numel()
         return n
 
     def flops_per_token(self) -> int:

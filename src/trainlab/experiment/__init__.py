@@ -1,0 +1,1 @@
+"""Experiments: estimates before a run."""

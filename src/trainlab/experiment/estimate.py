@@ -1,0 +1,161 @@
+"""Estimates before a run: exact parameter counts, memory, FLOPs, tokens and time.
+
+Counts come from the real model built on the meta device (no memory, no init), so they are exact
+for any shape. Memory is weights + gradients + AdamW state + activations of one micro-batch, the
+activations counted from what the block saves for backward. Time is the budget's tokens times
+FLOPs per token over the machine's measured matmul peak at the run's precision, scaled by an
+efficiency that grows with width (measured with bench/throughput.py on 2 CPU cores), or, with
+`--measure`, over the throughput of a few real training steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from trainlab.config import RunConfig
+from trainlab.models.gpt import GPT
+
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+def meta_model(cfg: RunConfig) -> GPT:
+    with torch.device("meta"):
+        return GPT(cfg.model)
+
+
+def param_counts(model: GPT) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.embed.weight.numel() + (0 if model.cfg.tie_embeddings else model.lm_head.weight.numel())
+    if model.lm_head.bias is not None:
+        embedding += model.lm_head.bias.numel()  # the output bias is per vocabulary entry
+    return {"total": total, "embedding": embedding, "non_embedding": total - embedding, "active": total}
+
+
+def activation_bytes(cfg: RunConfig, precision: str, checkpointing: bool = False) -> int:
+    """Tensors one micro-batch keeps for backward.
+
+    Per layer and token: two RMSNorm inputs and outputs (4 d), q/k/v (3 d), attention output and
+    its projection input (2 d), the residual stream (2 d), gate/up output and their SiLU product
+    (4 h): about 11 d + 4 h values. Logits add V values at the run's precision plus an fp32 copy
+    and its gradient for the loss. With activation checkpointing only each block's input is kept,
+    plus one block recomputed at a time.
+    """
+    m, t = cfg.model, cfg.train
+    tokens = t.batch_size * m.seq_len
+    b = BYTES["bf16" if precision in ("bf16", "fp16") else "fp32"]
+    per_layer = (11 * m.d_model + 4 * m.ffn_hidden_size) * b
+    layers = (m.n_layer * m.d_model * b + per_layer) if checkpointing else m.n_layer * per_layer
+    logits = (m.vocab_size or 0) * (b + 4 + 4)
+    return tokens * (layers + logits + m.d_model * 4)
+
+
+def memory(cfg: RunConfig, model: GPT, precision: str) -> dict[str, int]:
+    trainable = sum(p.numel() for p in model.parameters())
+    weights = 4 * trainable  # fp32 master weights; autocast casts on the fly
+    gradients = 4 * trainable
+    optimizer = 8 * trainable  # AdamW: two fp32 moments
+    activations = activation_bytes(cfg, precision)
+    return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations,
+            "activations_checkpointed": activation_bytes(cfg, precision, checkpointing=True),
+            "total": weights + gradients + optimizer + activations}
+
+
+def peak_flops(precision: str, device: torch.device, cache_dir: Optional[Path] = None) -> float:
+    """The machine's matmul peak at this precision, measured once and cached."""
+    from trainlab.data.corpora import default_cache_dir
+    from trainlab.train import hardware
+
+    key = f"{device.type}|{hardware.cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name()}|" \
+          f"{torch.get_num_threads()}|{precision}"
+    path = (cache_dir or default_cache_dir()) / "peak_flops.json"
+    cached = json.loads(path.read_text()) if path.exists() else {}
+    if key in cached:
+        return cached[key]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    n = 2048 if device.type == "cpu" else 8192
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    best = 0.0
+    for _ in range(3):
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 6 * n**3 / (time.perf_counter() - t0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cached[key] = best
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cached, indent=1))
+    tmp.replace(path)
+    return best
+
+
+def efficiency(cfg: RunConfig) -> float:
+    """Share of the matmul peak a training step reaches: small widths waste more on overhead.
+
+    Measured on 2 CPU cores (bench/throughput.py): about 0.55 at d_model 128, 0.7 at 384.
+    """
+    return min(0.75, max(0.3, 0.55 + 0.14 * math.log2(cfg.model.d_model / 128)))
+
+
+def budget_tokens(cfg: RunConfig, train_tokens: Optional[int]) -> Optional[int]:
+    t, per_step = cfg.train, cfg.tokens_per_step
+    candidates = []
+    if t.max_steps:
+        candidates.append(t.max_steps * per_step)
+    if t.max_tokens:
+        candidates.append(math.ceil(t.max_tokens / per_step) * per_step)
+    if t.epochs and train_tokens:
+        candidates.append(math.ceil(t.epochs * train_tokens / per_step) * per_step)
+    return min(candidates) if candidates else None
+
+
+def estimate(cfg: RunConfig, precision: str, device: torch.device, train_tokens: Optional[int] = None,
+             tokens_per_s: Optional[float] = None) -> dict[str, Any]:
+    model = meta_model(cfg)
+    params = param_counts(model)
+    flops = model.flops_per_token()
+    if tokens_per_s is None:
+        tokens_per_s = peak_flops(precision, device) * efficiency(cfg) / flops
+        source = "peak x efficiency"
+    else:
+        source = "measured"
+    tokens = budget_tokens(cfg, train_tokens)
+    seconds = tokens / tokens_per_s if tokens else None
+    if cfg.train.max_seconds and (seconds is None or seconds > cfg.train.max_seconds):
+        seconds = cfg.train.max_seconds
+        tokens = int(seconds * tokens_per_s)
+    return {"params": params, "memory_bytes": memory(cfg, model, precision), "flops_per_token": flops,
+            "tokens_per_step": cfg.tokens_per_step, "tokens": tokens,
+            "tokens_per_param": (tokens / params["total"]) if tokens else None,
+            "tokens_per_s": tokens_per_s, "throughput_source": source, "estimated_seconds": seconds,
+            "precision": precision, "device": str(device)}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    def mib(n):
+        return f"{n / 2**20:,.1f} MiB"
+
+    p, m = result["params"], result["memory_bytes"]
+    lines = [f"parameters   total {p['total']:,}  (embedding {p['embedding']:,}, non-embedding {p['non_embedding']:,}, "
+             f"active {p['active']:,})",
+             f"memory       weights {mib(m['weights'])} + gradients {mib(m['gradients'])} + AdamW {mib(m['optimizer'])}"
+             f" + activations {mib(m['activations'])} = {mib(m['total'])}",
+             f"             activations with checkpointing: {mib(m['activations_checkpointed'])}",
+             f"compute      {result['flops_per_token'] / 1e6:,.2f} MFLOP per token, {result['tokens_per_step']:,} tokens per step"
+             f" ({result['precision']} on {result['device']})",
+             f"throughput   {result['tokens_per_s']:,.0f} tokens/s ({result['throughput_source']})"]
+    if result["tokens"]:
+        lines.append(f"budget       {result['tokens']:,} tokens = {result['tokens_per_param']:.2f} tokens per parameter "
+                     f"(compute-optimal is about 20)")
+        lines.append(f"time         {result['estimated_seconds']:,.0f} s")
+    return "\n".join(lines)
