@@ -89,8 +89,17 @@ def estimate(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, se
         if cfg.model.vocab_size is None:
             cfg = build_config({**cfg.to_dict(), "model": {**cfg.model.model_dump(),
                                                           "vocab_size": data.tokenizer.vocab_size}})
-    device = hardware.resolve_device(cfg.train.device)
-    precision = hardware.resolve_precision(cfg.train.precision, device)
+    import torch
+
+    here = hardware.resolve_device("auto")
+    # a device this machine lacks (a T4 from a laptop) is estimated without timing it here
+    device = here if cfg.train.device in ("auto", here.type) else torch.device(cfg.train.device)
+    if measure and device != here:
+        from trainlab.errors import TrainlabError
+
+        raise TrainlabError(f"--measure needs the target device; train.device={cfg.train.device} is not on this machine")
+    # an explicit precision is taken as given, so a T4's fp16 run can be estimated from a laptop
+    precision = cfg.train.precision if cfg.train.precision != "auto" else hardware.resolve_precision("auto", device)
     tokens_per_s = measure_throughput(cfg, data) if measure else None
     result = run_estimate(cfg, precision, device, train_tokens, tokens_per_s)
     print(json.dumps(result, indent=1) if as_json else format_table(result))

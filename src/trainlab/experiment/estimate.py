@@ -99,6 +99,18 @@ def peak_flops(precision: str, device: torch.device, cache_dir: Optional[Path] =
     return best
 
 
+def native(precision: str, device: torch.device) -> bool:
+    """Whether this machine runs matmuls at `precision` at full speed (so its peak can be measured)."""
+    from trainlab.train import hardware
+
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.type != here:
+        return False  # not this machine's device: nothing to measure here
+    if device.type != "cpu":
+        return True
+    return precision == "fp32" or (precision == "bf16" and hardware.cpu_has_fast_bf16())
+
+
 def efficiency(cfg: RunConfig) -> float:
     """Share of the matmul peak a training step reaches: small widths waste more on overhead.
 
@@ -124,14 +136,16 @@ def estimate(cfg: RunConfig, precision: str, device: torch.device, train_tokens:
     model = meta_model(cfg)
     params = param_counts(model)
     flops = model.flops_per_token()
-    if tokens_per_s is None:
+    source = "measured"
+    if tokens_per_s is None and native(precision, device):
         tokens_per_s = peak_flops(precision, device) * efficiency(cfg) / flops
         source = "peak x efficiency"
-    else:
-        source = "measured"
+    elif tokens_per_s is None:
+        source = (f"not estimated: this machine cannot time {precision} on {device.type}; "
+                  f"run `trainlab estimate --measure` on the target machine")
     tokens = budget_tokens(cfg, train_tokens)
-    seconds = tokens / tokens_per_s if tokens else None
-    if cfg.train.max_seconds and (seconds is None or seconds > cfg.train.max_seconds):
+    seconds = tokens / tokens_per_s if tokens and tokens_per_s else None
+    if tokens_per_s and cfg.train.max_seconds and (seconds is None or seconds > cfg.train.max_seconds):
         seconds = cfg.train.max_seconds
         tokens = int(seconds * tokens_per_s)
     return {"params": params, "memory_bytes": memory(cfg, model, precision), "flops_per_token": flops,
@@ -153,9 +167,11 @@ def format_table(result: dict[str, Any]) -> str:
              f"             activations with checkpointing: {mib(m['activations_checkpointed'])}",
              f"compute      {result['flops_per_token'] / 1e6:,.2f} MFLOP per token, {result['tokens_per_step']:,} tokens per step"
              f" ({result['precision']} on {result['device']})",
-             f"throughput   {result['tokens_per_s']:,.0f} tokens/s ({result['throughput_source']})"]
+             f"throughput   " + (f"{result['tokens_per_s']:,.0f} tokens/s ({result['throughput_source']})"
+                                 if result["tokens_per_s"] else result["throughput_source"])]
     if result["tokens"]:
         lines.append(f"budget       {result['tokens']:,} tokens = {result['tokens_per_param']:.2f} tokens per parameter "
                      f"(compute-optimal is about 20)")
-        lines.append(f"time         {result['estimated_seconds']:,.0f} s")
+        if result["estimated_seconds"]:
+            lines.append(f"time         {result['estimated_seconds']:,.0f} s")
     return "\n".join(lines)
