@@ -120,6 +120,37 @@ def measure_throughput(cfg, data, steps: int = 5) -> float:
     return steps * cfg.tokens_per_step / (time.perf_counter() - t0)
 
 
+@app.command("lr-find")
+def lr_find(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set_: Optional[List[str]] = SET,
+            start: float = typer.Option(1e-6, "--start", min=0.0), end: float = typer.Option(1.0, "--end", min=0.0),
+            steps: int = typer.Option(100, "--steps", min=5),
+            out: Optional[Path] = typer.Option(None, "--out", help="Default: runs/lr-find-<timestamp>.")) -> None:
+    """LR range test: an exponential ramp, a smoothed loss, a suggestion and a plot."""
+    import shlex
+    import time
+
+    from trainlab.config import build_config, resolve
+    from trainlab.data.prepare import prepare
+    from trainlab.experiment.lr_find import lr_range_test
+
+    if not 0 < start < end:
+        raise TrainlabError(f"--start ({start}) must be above 0 and below --end ({end})")
+    chosen = preset or (None if config else "shakespeare-char")
+    cfg = resolve(chosen, config, list(set_ or []))
+    data = prepare(cfg.data, cfg.model.seq_len)
+    if cfg.model.vocab_size is None:
+        cfg = build_config({**cfg.to_dict(), "model": {**cfg.model.model_dump(), "vocab_size": data.tokenizer.vocab_size}})
+    out = out or Path("runs") / f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = lr_range_test(cfg, data, out, start=start, end=end, steps=steps)
+    print(f"{result['steps']} steps{' (stopped at divergence)' if result['stopped_early'] else ''}: "
+          f"lowest smoothed loss at lr {result['min_loss_lr']:.2e}, steepest fall at {result['steepest_lr']:.2e}")
+    print(f"suggested optim.lr = {result['suggested_lr']:.2e}  (plot: {out / 'lr_find.png'})")
+    base = (["--preset", chosen] if chosen else []) + (["--config", str(config)] if config else [])
+    kept = [s for s in (set_ or []) if not s.startswith("optim.lr=")]
+    args = base + [a for s in kept for a in ("--set", s)] + ["--set", f"optim.lr={result['suggested_lr']:.2e}"]
+    print("trainlab train " + " ".join(shlex.quote(a) for a in args))
+
+
 @app.command("eval")
 def eval_(run: Path = typer.Argument(..., help="A run directory."),
           data: Optional[Path] = typer.Option(None, "--data", help="Another text file or .jsonl to evaluate on.")) -> None:

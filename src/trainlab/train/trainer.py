@@ -210,12 +210,14 @@ class Trainer:
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                label_smoothing=self.cfg.train.label_smoothing)
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self, lr: Optional[float] = None) -> dict[str, float]:
+        """One optimizer step; `lr` overrides the schedule (the LR range test ramps it itself)."""
         t = self.cfg.train
         step = self.progress.step
         if step in {int(s) for s in t.unfreeze}:
             self._apply_freeze(step)
-        lr = self.cfg.optim.lr * self.lr_scale_now() * lr_multiplier(self.cfg.schedule, step, self.schedule_total())
+        if lr is None:
+            lr = self.cfg.optim.lr * self.lr_scale_now() * lr_multiplier(self.cfg.schedule, step, self.schedule_total())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
