@@ -38,21 +38,24 @@ def param_counts(model: GPT) -> dict[str, int]:
 
 
 def activation_bytes(cfg: RunConfig, precision: str, checkpointing: bool = False) -> int:
-    """Tensors one micro-batch keeps for backward.
+    """Tensors one micro-batch keeps for backward, plus the gradients in flight during it.
 
-    Per layer and token: two RMSNorm inputs and outputs (4 d), q/k/v (3 d), attention output and
-    its projection input (2 d), the residual stream (2 d), gate/up output and their SiLU product
-    (4 h): about 11 d + 4 h values. Logits add V values at the run's precision plus an fp32 copy
-    and its gradient for the loss. With activation checkpointing only each block's input is kept,
-    plus one block recomputed at a time.
+    Per layer and token: the two RMSNorms' inputs and outputs (4 d), q/k/v (3 d), the rotated
+    halves and rotary outputs of q and k (4 d), the attention output and its reshaped copy (2 d),
+    the residual stream (1 d), gate/up output, SiLU output and their product (4 h): 14 d + 4 h
+    values. During backward about one more layer's worth of gradients is alive. The logits add V
+    values at the run's precision plus an fp32 log-softmax and its gradient for the loss. With
+    activation checkpointing only each block's input is kept, plus one block recomputed at a time.
+    Checked against measured peak RSS by bench/estimate_accuracy.py.
     """
     m, t = cfg.model, cfg.train
     tokens = t.batch_size * m.seq_len
     b = BYTES["bf16" if precision in ("bf16", "fp16") else "fp32"]
-    per_layer = (11 * m.d_model + 4 * m.ffn_hidden_size) * b
+    per_layer = (14 * m.d_model + 4 * m.ffn_hidden_size) * b
     layers = (m.n_layer * m.d_model * b + per_layer) if checkpointing else m.n_layer * per_layer
+    in_flight = per_layer  # gradients of one layer's activations during backward
     logits = (m.vocab_size or 0) * (b + 4 + 4)
-    return tokens * (layers + logits + m.d_model * 4)
+    return tokens * (layers + in_flight + logits + m.d_model * 4)
 
 
 def memory(cfg: RunConfig, model: GPT, precision: str) -> dict[str, int]:
