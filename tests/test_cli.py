@@ -35,9 +35,13 @@ def test_run_directory_holds_the_contracted_files(tiny_run):
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "val"]
     assert [r["step"] for r in train] == list(range(1, 21))
-    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= train[0].keys()
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "clip_frac", "weight_norm", "update_ratio", "mfu",
+            "peak_memory_mb", "data_wait_frac"} <= train[0].keys()
+    assert all(0 <= r["clip_frac"] <= 1 and 0 < r["update_ratio"] < 1 and r["mfu"] > 0 for r in train)
     assert [r["step"] for r in val] == [10, 20]
-    assert {"loss", "ppl", "bits_per_token", "bits_per_char", "acc", "top5"} <= val[-1].keys()
+    assert {"loss", "ppl", "bits_per_token", "bits_per_char", "acc", "top5", "confidence", "entropy",
+            "ece"} <= val[-1].keys()
+    assert 0 <= val[-1]["ece"] <= 1 and val[-1]["acc"] <= val[-1]["top5"]
     assert train[-1]["tokens"] == 20 * 4 * 32
     assert val[-1]["loss"] < val[0]["loss"] < 4.5  # it learns
     assert abs(val[-1]["bits_per_char"] - val[-1]["loss"] / 0.6931471805599453) < 1e-9

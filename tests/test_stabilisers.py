@@ -94,3 +94,27 @@ def test_token_and_epoch_budgets_stop_where_they_should(tmp_path):
     assert run_mod.train(cfg, tmp_path / "t", log=lambda s: None)["step"] == math.ceil(1000 / 128)
     t = make_trainer(tmp_path / "e", "train.max_steps=null", "train.epochs=0.001")
     assert t.total_steps == math.ceil(0.001 * t.windows.per_epoch / 4)
+
+
+def test_calibration_metrics_match_a_direct_computation(tmp_path):
+    import numpy as np
+
+    t = make_trainer(tmp_path, "train.eval_batches=2")
+    for _ in range(10):
+        t.train_step()
+    val = t.evaluate()
+    T = t.cfg.model.seq_len
+    rows = torch.from_numpy(np.stack([np.asarray(t.data.val[s:s + T + 1], dtype=np.int64) for s in t.val_starts]))
+    with torch.no_grad():
+        probs = t.model.eval()(rows[:, :-1]).float().softmax(-1).reshape(-1, t.cfg.model.vocab_size).numpy()
+    y = rows[:, 1:].reshape(-1).numpy()
+    conf, pred = probs.max(1), probs.argmax(1)
+    edges = np.linspace(0, 1, 16)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi) if lo > 0 else (conf <= hi)
+        if inside.any():
+            ece += abs((pred[inside] == y[inside]).mean() - conf[inside].mean()) * inside.mean()
+    entropy = -(probs * np.log(np.clip(probs, 1e-30, None))).sum(1).mean()
+    assert abs(val["ece"] - ece) < 1e-4 and abs(val["entropy"] - entropy) < 1e-4
+    assert abs(val["confidence"] - conf.mean()) < 1e-5 and abs(val["acc"] - (pred == y).mean()) < 1e-9

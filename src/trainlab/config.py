@@ -164,6 +164,8 @@ class TrainConfig(_Section):
     """Step -> patterns to unfreeze at that step (layer-wise unfreezing)."""
     threads: Optional[int] = Field(None, ge=1)
     """CPU threads for torch; default: all cores."""
+    peak_flops: Optional[float] = Field(None, gt=0)
+    """The device's matmul peak for MFU; default: measured once at the run's precision and cached."""
 
 
 class EarlyStoppingConfig(_Section):

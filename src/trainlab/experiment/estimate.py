@@ -81,18 +81,22 @@ def peak_flops(precision: str, device: torch.device, cache_dir: Optional[Path] =
     if key in cached:
         return cached[key]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    n = 2048 if device.type == "cpu" else 8192
+    n = 8192 if device.type == "cuda" else (2048 if native(precision, device) else 512)  # slow paths: keep it short
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     best = 0.0
-    for _ in range(3):
-        a @ b
+    def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
+        elif device.type == "mps":
+            torch.mps.synchronize()
+
+    for _ in range(3):
+        a @ b
+        sync()
         t0 = time.perf_counter()
         for _ in range(3):
             a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync()
         best = max(best, 6 * n**3 / (time.perf_counter() - t0))
     path.parent.mkdir(parents=True, exist_ok=True)
     cached[key] = best

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-WALL_CLOCK_KEYS = ("elapsed_s", "tokens_per_s", "time", "step_time_s", "data_wait_frac", "mfu")
+WALL_CLOCK_KEYS = ("elapsed_s", "tokens_per_s", "time", "step_time_s", "data_wait_frac", "mfu", "peak_memory_mb")
 
 
 def _clean(value: Any) -> Any:

@@ -63,6 +63,7 @@ class Progress:
     rollback_step: int = 0
     rollbacks: int = 0
     nonfinite_streak: int = 0
+    clipped_in_window: int = 0  # clipped steps since the last train row
     recent_losses: list = field(default_factory=list)  # for the spike guard's running median
 
 
@@ -70,8 +71,12 @@ class Diverged(Exception):
     """The guards rolled back more often than guard.max_rollbacks allows."""
 
 
-class StopRequested(Exception):
-    pass
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 class Trainer:
@@ -136,7 +141,7 @@ class Trainer:
                  "step": p.step, "tokens": p.tokens, "elapsed_s": p.elapsed_s, "best_val": p.best_val,
                  "bad_evals": p.bad_evals, "skipped_steps": p.skipped_steps, "lr_scale": p.lr_scale,
                  "rollback_step": p.rollback_step, "rollbacks": p.rollbacks, "nonfinite_streak": p.nonfinite_streak,
-                 "recent_losses": torch.tensor(p.recent_losses, dtype=torch.float64),
+                 "clipped_in_window": p.clipped_in_window, "recent_losses": torch.tensor(p.recent_losses, dtype=torch.float64),
                  "rng_cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -151,6 +156,7 @@ class Trainer:
                                  lr_scale=float(state["lr_scale"]), rollback_step=int(state["rollback_step"]),
                                  rollbacks=int(state["rollbacks"]),
                                  nonfinite_streak=int(state["nonfinite_streak"]),
+                                 clipped_in_window=int(state["clipped_in_window"]),
                                  recent_losses=state["recent_losses"].tolist())
         torch.set_rng_state(state["rng_cpu"].cpu())
         if "rng_cuda" in state and self.device.type == "cuda":
@@ -240,10 +246,20 @@ class Trainer:
         loss_value = float(total_loss)
         finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
         spike = finite and self._is_spike(loss_value)
+        log_step = (step + 1) % t.log_interval == 0
+        before = [p.detach().clone() for p in params] if log_step else None
         if spike or (not finite and self.cfg.guard.skip_nonfinite):
             self.progress.skipped_steps += 1
         else:
             self.scaler.step(self.optimizer)
+        clipped = bool(self.cfg.optim.grad_clip > 0 and finite and grad_norm > self.cfg.optim.grad_clip)
+        self.progress.clipped_in_window += clipped
+        extra: dict[str, float] = {}
+        if before is not None:
+            with torch.no_grad():
+                weight_sq = sum(float(p.float().pow(2).sum()) for p in params)
+                update_sq = sum(float((p.float() - b.float()).pow(2).sum()) for p, b in zip(params, before))
+            extra = {"weight_norm": math.sqrt(weight_sq), "update_ratio": math.sqrt(update_sq / max(weight_sq, 1e-30))}
         self.progress.nonfinite_streak = 0 if finite else self.progress.nonfinite_streak + 1
         if finite and not spike:
             self.progress.recent_losses = (self.progress.recent_losses + [loss_value])[-self.cfg.guard.spike_window:]
@@ -251,9 +267,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step += 1
         self.progress.tokens += self.cfg.tokens_per_step
-        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                "clipped": bool(self.cfg.optim.grad_clip > 0 and grad_norm > self.cfg.optim.grad_clip),
-                "finite": finite, "spike": spike, "data_s": data_s}
+        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "clipped": clipped,
+                "finite": finite, "spike": spike, "data_s": data_s, **extra}
 
     def lr_scale_now(self) -> float:
         """The guards' lr factor: lowered at a rollback, back to 1 over guard.lr_recovery_steps."""
@@ -296,7 +311,9 @@ class Trainer:
         source = self.data.val if tokens is None else tokens
         starts = self.val_starts if tokens is None else eval_starts(len(tokens), seq_len,
                                                                     self.cfg.train.eval_batches * bs)
-        nll = correct = top5 = conf = count = 0.0
+        nll = correct = top5 = conf = entropy = count = 0.0
+        bins = torch.linspace(0, 1, 16)
+        bin_conf, bin_acc, bin_count = torch.zeros(15), torch.zeros(15), torch.zeros(15)
         for i in range(0, len(starts), bs):
             rows = np.stack([np.asarray(source[s:s + seq_len + 1], dtype=np.int64) for s in starts[i:i + bs]])
             rows = torch.from_numpy(rows).to(self.device)
@@ -308,12 +325,23 @@ class Trainer:
             top = logits.topk(5, dim=-1).indices
             correct += float((top[..., 0] == y).sum())
             top5 += float((top == y.unsqueeze(-1)).any(-1).sum())
-            conf += float(logits.softmax(-1).amax(-1).sum())
+            logp = logits.log_softmax(-1)
+            p_top = logp.amax(-1).exp()
+            hit = (top[..., 0] == y).float()
+            conf += float(p_top.sum())
+            entropy += float(-(logp.exp() * logp).sum(-1).sum())
+            which = torch.bucketize(p_top.flatten().cpu(), bins[1:-1])
+            bin_count += torch.bincount(which, minlength=15).float()
+            bin_conf += torch.bincount(which, p_top.flatten().cpu(), minlength=15)
+            bin_acc += torch.bincount(which, hit.flatten().cpu(), minlength=15)
             count += y.numel()
         self.model.train()
         loss = nll / count
         row = {"loss": loss, "ppl": math.exp(min(loss, 700)), "bits_per_token": loss * LOG2E,
-               "acc": correct / count, "top5": top5 / count, "confidence": conf / count}
+               "acc": correct / count, "top5": top5 / count, "confidence": conf / count,
+               "entropy": entropy / count,
+               # expected calibration error: |accuracy - confidence| per confidence bin, weighted by its share
+               "ece": float((bin_acc - bin_conf).abs().sum() / count)}
         kind = self.data.tokenizer.kind
         if kind in ("char", "bpe"):
             row["bits_per_char"] = row["bits_per_token"] / self.data.chars_per_token
@@ -361,6 +389,10 @@ class Trainer:
 
         if resumed:
             emit(self.row("event", kind="resume", detail=f"resumed from step {self.progress.step}"))
+        from trainlab.experiment.estimate import peak_flops
+
+        self.peak = cfg.train.peak_flops or peak_flops(self.precision, self.device)
+        self.flops_per_token = self.model.flops_per_token()
         old_handlers = self._install_signal_handlers()
         last_val: Optional[dict] = None
         stop_reason = "budget"
@@ -396,10 +428,15 @@ class Trainer:
                 step = self.progress.step
                 if step % cfg.train.log_interval == 0 or self.budget_done():
                     now = time.perf_counter()
+                    tokens_per_s = window_tokens / max(now - window_start, 1e-9)
+                    extra = {k: out[k] for k in ("weight_norm", "update_ratio") if k in out}
                     row = self.row("train", loss=out["loss"], lr=out["lr"], grad_norm=out["grad_norm"],
-                                   clipped=out["clipped"],
-                                   tokens_per_s=window_tokens / max(now - window_start, 1e-9),
+                                   clipped=out["clipped"], **extra,
+                                   clip_frac=self.progress.clipped_in_window / cfg.train.log_interval,
+                                   tokens_per_s=tokens_per_s, mfu=tokens_per_s * self.flops_per_token / self.peak,
+                                   peak_memory_mb=peak_memory_mb(self.device),
                                    data_wait_frac=out["data_s"] / max(dt, 1e-9))
+                    self.progress.clipped_in_window = 0
                     emit(row)
                     console.update(row, self.fraction_done())
                     window_tokens, window_start = 0, now
