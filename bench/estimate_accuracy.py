@@ -25,7 +25,7 @@ SHAPES = {  # name: overrides
 CHILD = r"""
 import json, resource, sys, time, tempfile, torch
 from pathlib import Path
-from trainlab.config import build_config, resolve
+from trainlab.config import resolve
 from trainlab.data.prepare import prepare
 from trainlab.experiment.estimate import estimate
 from trainlab.train import hardware
@@ -37,7 +37,7 @@ def rss_now():
 
 cfg = resolve("shakespeare-char", overrides=sys.argv[1:] + ["train.compile=false"])
 data = prepare(cfg.data, cfg.model.seq_len, log=lambda s: None)
-cfg = build_config({**cfg.to_dict(), "model": {**cfg.model.model_dump(), "vocab_size": data.tokenizer.vocab_size}})
+cfg = cfg.with_vocab_size(data.tokenizer.vocab_size)
 device = hardware.resolve_device(cfg.train.device)
 precision = hardware.resolve_precision(cfg.train.precision, device)
 est = estimate(cfg, precision, device, len(data.train))

@@ -16,7 +16,7 @@ from trainlab.train.trainer import Trainer
 def make_trainer(tmp_path, *overrides):
     cfg = resolve("tiny", overrides=["train.max_steps=12", *overrides])
     data = prepare(cfg.data, cfg.model.seq_len, log=lambda s: None)
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": data.tokenizer.vocab_size})})
+    cfg = cfg.with_vocab_size(data.tokenizer.vocab_size)
     return Trainer(cfg, data, tmp_path, log=lambda s: None)
 
 

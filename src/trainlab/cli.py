@@ -81,14 +81,11 @@ def estimate(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, se
     cfg = resolve(preset or (None if config else "shakespeare-char"), config, list(set_ or []))
     train_tokens, data = None, None
     if cfg.model.vocab_size is None or cfg.train.epochs or measure:
-        from trainlab.config import build_config
         from trainlab.data.prepare import prepare
 
         data = prepare(cfg.data, cfg.model.seq_len, log=lambda s: None)
         train_tokens = len(data.train)
-        if cfg.model.vocab_size is None:
-            cfg = build_config({**cfg.to_dict(), "model": {**cfg.model.model_dump(),
-                                                          "vocab_size": data.tokenizer.vocab_size}})
+        cfg = cfg.with_vocab_size(data.tokenizer.vocab_size)
     import torch
 
     here = hardware.resolve_device("auto")
@@ -129,7 +126,7 @@ def lr_find(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set
     import shlex
     import time
 
-    from trainlab.config import build_config, resolve
+    from trainlab.config import resolve
     from trainlab.data.prepare import prepare
     from trainlab.experiment.lr_find import lr_range_test
 
@@ -138,8 +135,7 @@ def lr_find(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set
     chosen = preset or (None if config else "shakespeare-char")
     cfg = resolve(chosen, config, list(set_ or []))
     data = prepare(cfg.data, cfg.model.seq_len)
-    if cfg.model.vocab_size is None:
-        cfg = build_config({**cfg.to_dict(), "model": {**cfg.model.model_dump(), "vocab_size": data.tokenizer.vocab_size}})
+    cfg = cfg.with_vocab_size(data.tokenizer.vocab_size)
     out = out or Path("runs") / f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}"
     result = lr_range_test(cfg, data, out, start=start, end=end, steps=steps)
     print(f"{result['steps']} steps{' (stopped at divergence)' if result['stopped_early'] else ''}: "

@@ -221,6 +221,15 @@ class RunConfig(_Section):
     def tokens_per_step(self) -> int:
         return self.train.batch_size * self.train.grad_accum * self.model.seq_len
 
+    def with_vocab_size(self, tokenizer_vocab: int) -> "RunConfig":
+        """model.vocab_size from the tokenizer when unset; an explicit one must cover the tokenizer."""
+        if self.model.vocab_size is None:
+            return build_config({**self.to_dict(), "model": {**self.model.model_dump(), "vocab_size": tokenizer_vocab}})
+        if self.model.vocab_size < tokenizer_vocab:
+            raise ConfigError(f"model.vocab_size={self.model.vocab_size} is smaller than the tokenizer's "
+                              f"{tokenizer_vocab}; remove it or raise it")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

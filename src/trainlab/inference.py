@@ -22,7 +22,7 @@ class LoadedRun:
     step: int
 
 
-def load_run(run_dir: Path, which: str = "best") -> LoadedRun:
+def load_run(run_dir: Path) -> LoadedRun:
     from trainlab.train.checkpoint import CheckpointManager
     from trainlab.train.run import saved_config
 
@@ -31,16 +31,15 @@ def load_run(run_dir: Path, which: str = "best") -> LoadedRun:
         raise TrainlabError(f"run directory '{run_dir}' does not exist")
     cfg = build_config(saved_config(run_dir))
     manager = CheckpointManager(run_dir / "checkpoints")
-    step = manager._link_step(which)
-    if step is None or manager.verify(step):
-        step = manager.latest_good()
+    step = manager.best_or_latest()
     if step is None:
         raise TrainlabError(f"run directory '{run_dir}' has no intact checkpoint yet")
     weights, _, _ = manager.load(step)
     model = GPT(cfg.model)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if set(missing) - {"lm_head.weight"} or unexpected:
-        raise TrainlabError(f"checkpoint of '{run_dir}' does not fit its config.yaml")
+    try:
+        model.load_weights(weights)
+    except (ValueError, RuntimeError):
+        raise TrainlabError(f"checkpoint of '{run_dir}' does not fit its config.yaml") from None
     model.eval()
     return LoadedRun(cfg, model, load_tokenizer(run_dir / "tokenizer.json"), step)
 

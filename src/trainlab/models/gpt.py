@@ -164,6 +164,13 @@ class GPT(nn.Module):
             cache.length += T
         return self.lm_head(self.norm(x))
 
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Load a checkpoint's weights; a tied model's are saved without lm_head.weight."""
+        missing, unexpected = self.load_state_dict(weights, strict=False)
+        allowed = {"lm_head.weight"} if self.cfg.tie_embeddings else set()
+        if set(missing) - allowed or unexpected:
+            raise ValueError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
+
     def num_params(self, exclude_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         if exclude_embedding:

@@ -165,6 +165,13 @@ class CheckpointManager:
             self.log(f"warning: checkpoint {self.root / step_dir_name(step)} is damaged ({problem}); using an earlier one")
         return None
 
+    def best_or_latest(self) -> Optional[int]:
+        """The best checkpoint if intact, else the newest intact one (None when there is none)."""
+        best = self._link_step("best")
+        if best is not None and self.verify(best) is None:
+            return best
+        return self.latest_good()
+
     def load(self, step: int, device: str | torch.device = "cpu") -> tuple[dict, dict, dict]:
         folder = self.root / step_dir_name(step)
         problem = self.verify(step)

@@ -127,11 +127,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, fresh: bool = Fal
     if resume:
         check_resume_compatible(build_config(saved_config(run_dir)), cfg, run_dir)
     data = prepare(cfg.data, cfg.model.seq_len, log=log)
-    if cfg.model.vocab_size is None:
-        cfg = build_config({**cfg.to_dict(), "model": {**cfg.model.model_dump(), "vocab_size": data.tokenizer.vocab_size}})
-    elif cfg.model.vocab_size < data.tokenizer.vocab_size:
-        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
-                          f"{data.tokenizer.vocab_size}; remove it or raise it")
+    cfg = cfg.with_vocab_size(data.tokenizer.vocab_size)
     if resume:
         tok_path = run_dir / "tokenizer.json"
         if tok_path.exists() and tok_path.read_text(encoding="utf-8") != data.tokenizer.to_json():
@@ -192,8 +188,7 @@ def load_init_weights(source: str) -> dict:
     if not src.is_dir():
         raise TrainlabError(f"init_from '{source}' is not a run directory")
     manager = CheckpointManager(src / "checkpoints", log=lambda s: None)
-    best = manager.best_meta()
-    step = best["step"] if best is not None and manager.verify(best["step"]) is None else manager.latest_good()
+    step = manager.best_or_latest()
     if step is None:
         raise TrainlabError(f"init_from '{source}' holds no intact checkpoint")
     weights, _, _ = manager.load(step)

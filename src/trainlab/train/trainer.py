@@ -170,10 +170,7 @@ class Trainer:
         return state
 
     def load_model_state(self, weights: dict[str, torch.Tensor]) -> None:
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
-        allowed = {"lm_head.weight"} if self.cfg.model.tie_embeddings else set()
-        if set(missing) - allowed or unexpected:
-            raise ValueError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
+        self.model.load_weights(weights)
 
     def save_checkpoint(self, val_loss: Optional[float] = None) -> Path:
         meta = {"tokens": self.progress.tokens, "elapsed_s": self.progress.elapsed_s,
