@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean chromium
 
 venv: $(STAMP)
 
@@ -18,8 +18,15 @@ demo: venv
 	$(BIN)/python -m trainlab data get shakespeare
 	$(BIN)/python -m trainlab train --preset shakespeare-char --run-dir runs/demo --fresh
 	$(BIN)/python -m trainlab generate runs/demo --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 --top-k 40 --seed 1
+	$(BIN)/python -m trainlab doctor runs/demo
 
-test: venv
+# the report test renders report.html in headless Chromium (Debian's package; the machines run as root)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "warning: could not install chromium; the report test skips (and fails under CI=true)"
+
+test: venv chromium
 	$(BIN)/python -m pytest
 
 bench: venv

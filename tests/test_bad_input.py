@@ -122,6 +122,15 @@ CASES = {
     "eval_missing_data": ("eval --data on a missing file", {}, ["eval", "{root}/run", "--data", "{root}/none.txt"],
                           "does not exist"),
     "data_get_unknown": ("data get of an unknown corpus", {}, ["data", "get", "shakespear"], "shakespeare"),
+    "doctor_missing_path": ("doctor on a path that does not exist", {}, ["doctor", "{root}/nope"], "does not exist"),
+    "doctor_empty_folder": ("doctor on a folder with no logs", {"empty/.keep": ""}, ["doctor", "{root}/empty"],
+                            "holds no metrics.jsonl, trainer_state.json, metrics.csv or TensorBoard events"),
+    "doctor_csv_without_step": ("doctor on a CSV that is not Lightning's", {"m.csv": "a,b\n1,2\n"},
+                                ["doctor", "{root}/m.csv"], "no 'step' column"),
+    "doctor_json_not_trainer_state": ("doctor on JSON that is no trainer_state.json", {"s.json": '{"a": 1}'},
+                                      ["doctor", "{root}/s.json"], "no log_history"),
+    "data_check_missing": ("data check of a path that does not exist", {}, ["data", "check", "{root}/none.txt"],
+                           "is neither a bundled corpus nor an existing path"),
 }
 
 

@@ -172,6 +172,27 @@ def generate(run: Path = typer.Argument(..., help="A run directory."),
     print(prompt + text)
 
 
+@app.command()
+def doctor(path: Path = typer.Argument(..., help="A run directory, trainer_state.json, metrics.csv or TensorBoard directory."),
+           as_json: bool = typer.Option(False, "--json", help="Print the diagnosis as JSON (the contract in DESIGN.md)."),
+           probe: bool = typer.Option(False, "--probe", help="Generate from validation prompts and measure repetition."),
+           out: Optional[Path] = typer.Option(None, "--out", help="Where diagnosis.json and report.html go; default: "
+                                              "the run directory, or doctor/ beside another tool's logs."),
+           no_data_check: bool = typer.Option(False, "--no-data-check", help="Skip checking the run's data.")) -> None:
+    """Diagnose a run: findings with evidence and config changes, and report.html."""
+    import json
+
+    from trainlab.doctor import diagnose, out_dir_for, summary, write_outputs
+
+    diag = diagnose(path, probe=probe, check_data=not no_data_check)
+    _, report = write_outputs(diag, out_dir_for(diag.series, out))
+    if as_json:
+        print(json.dumps(diag.to_json(), indent=1))
+    else:
+        print(summary(diag))
+        print(f"report: {report}")
+
+
 @data_app.command("list")
 def data_list() -> None:
     """The bundled corpora."""
@@ -189,6 +210,27 @@ def data_get(name: str = typer.Argument(...),
     from trainlab.data.corpora import get_corpus
 
     print(get_corpus(name, cache_dir))
+
+
+@data_app.command("check")
+def data_check(path: str = typer.Argument(..., help="A bundled corpus name, a .txt file or folder, or a .jsonl."),
+               val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.5),
+               text_field: str = typer.Option("text", "--text-field", help="The .jsonl field holding the text."),
+               as_json: bool = typer.Option(False, "--json")) -> None:
+    """Duplicates, train/validation overlap, lengths and unseen characters of a dataset."""
+    import json
+
+    from trainlab.config import DataConfig
+    from trainlab.data.check import check_source, findings_from_check, format_report
+
+    report = check_source(DataConfig(source=path, val_fraction=val_fraction, text_field=text_field))
+    findings = findings_from_check(report)
+    if as_json:
+        print(json.dumps(report | {"findings": [f.to_json() for f in findings]}, indent=1))
+        return
+    print(format_report(report))
+    for f in findings:
+        print(f"  [{f.severity}] {f.id}: {f.evidence}")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

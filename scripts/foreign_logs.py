@@ -1,0 +1,137 @@
+"""Make the doctor's foreign-log fixtures with the real libraries: Hugging Face `transformers.Trainer`
+(trainer_state.json and TensorBoard events) and Lightning (CSVLogger metrics.csv), each run healthy,
+with the learning rate x30 and with it x0.01.
+
+The model is a small Llama (transformers' LlamaForCausalLM) on character windows of the bundled
+Shakespeare corpus. Needs `pip install lightning accelerate` beside the dev environment:
+
+    .venv/bin/pip install lightning accelerate
+    .venv/bin/python scripts/foreign_logs.py
+
+Outputs go to tests/fixtures/doctor/foreign/{hf,lightning,tensorboard}/<case>/ (a few minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainlab.data.corpora import get_corpus
+
+OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "doctor" / "foreign"
+LR = 3e-3
+CASES = {"healthy": LR, "lr_too_high": LR * 30, "lr_too_low": LR * 0.01}
+SEQ, BATCH, STEPS, WARMUP = 64, 16, 300, 30
+
+
+def windows():
+    text = get_corpus("shakespeare").read_text(encoding="utf-8")
+    vocab = sorted(set(text))
+    lookup = {c: i for i, c in enumerate(vocab)}
+    ids = np.fromiter((lookup[c] for c in text), dtype=np.int64, count=len(text))
+    cut = int(0.9 * len(ids))
+    return ids[:cut], ids[cut:], len(vocab)
+
+
+class Windows(torch.utils.data.Dataset):
+    def __init__(self, ids: np.ndarray, n: int, seed: int):
+        self.ids = ids
+        self.starts = np.random.default_rng(seed).integers(0, len(ids) - SEQ - 1, n)
+
+    def __len__(self):
+        return len(self.starts)
+
+    def __getitem__(self, i):
+        x = torch.from_numpy(self.ids[self.starts[i]: self.starts[i] + SEQ].copy())
+        return {"input_ids": x, "labels": x.clone()}
+
+
+def llama(vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=SEQ,
+                      tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg)
+
+
+def hf_run(name: str, lr: float, train, val, vocab: int, work: Path) -> None:
+    from transformers import Trainer, TrainingArguments
+
+    out = work / f"hf-{name}"
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tb")
+    args = TrainingArguments(output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=BATCH,
+                             per_device_eval_batch_size=BATCH, learning_rate=lr, warmup_steps=WARMUP,
+                             lr_scheduler_type="cosine", weight_decay=0.1, max_grad_norm=1.0, logging_steps=5,
+                             eval_strategy="steps", eval_steps=25, save_strategy="no", report_to=["tensorboard"],
+                             seed=0, use_cpu=True, dataloader_num_workers=0,
+                             disable_tqdm=True)
+    trainer = Trainer(model=llama(vocab), args=args, train_dataset=Windows(train, STEPS * BATCH, 0),
+                      eval_dataset=Windows(val, 8 * BATCH, 1))
+    trainer.train()
+    trainer.save_state()
+    dest = OUT / "hf" / name
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(out / "trainer_state.json", dest / "trainer_state.json")
+    tb = OUT / "tensorboard" / name
+    shutil.rmtree(tb, ignore_errors=True)
+    shutil.copytree(out / "tb", tb)
+
+
+def lightning_run(name: str, lr: float, train, val, vocab: int, work: Path) -> None:
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import CSVLogger
+    from transformers import get_cosine_schedule_with_warmup
+
+    class LM(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = llama(vocab)
+
+        def training_step(self, batch, _):
+            loss = self.model(**batch).loss
+            self.log("train_loss", loss)
+            return loss
+
+        def validation_step(self, batch, _):
+            self.log("val_loss", self.model(**batch).loss)
+
+        def configure_optimizers(self):
+            opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=0.1)
+            sched = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    L.seed_everything(0)
+    logger = CSVLogger(str(work / "lightning"), name=name)
+    trainer = L.Trainer(max_steps=STEPS, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=5,
+                        val_check_interval=25, check_val_every_n_epoch=None, limit_val_batches=8,
+                        gradient_clip_val=1.0, callbacks=[LearningRateMonitor("step")], enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    dl = torch.utils.data.DataLoader
+    trainer.fit(LM(), dl(Windows(train, STEPS * BATCH, 0), batch_size=BATCH),
+                dl(Windows(val, 8 * BATCH, 1), batch_size=BATCH))
+    dest = OUT / "lightning" / name
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(logger.log_dir) / "metrics.csv", dest / "metrics.csv")
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    train, val, vocab = windows()
+    work = Path(tempfile.mkdtemp(prefix="trainlab-foreign-"))
+    for name, lr in CASES.items():
+        hf_run(name, lr, train, val, vocab, work)
+        lightning_run(name, lr, train, val, vocab, work)
+        print(f"{name}: done")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""trainlab doctor: a run's metrics (ours or another tool's) turned into findings with evidence."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from trainlab.doctor.detectors import Finding, rank, run_detectors, verdict
+from trainlab.doctor.readers import read
+from trainlab.doctor.series import RunSeries
+
+
+@dataclass
+class Diagnosis:
+    series: RunSeries
+    findings: list[Finding]
+    probe: Optional[dict[str, Any]] = None
+    data_check: Optional[dict[str, Any]] = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.findings)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"verdict": self.verdict, "findings": [f.to_json() for f in self.findings],
+                               "source": self.series.source, "path": str(self.series.path)}
+        if self.probe is not None:
+            out["probe"] = {k: v for k, v in self.probe.items() if k != "examples"} | {
+                "examples": self.probe.get("examples", [])[:3]}
+        if self.data_check is not None:
+            out["data_check"] = self.data_check
+        if self.notes:
+            out["notes"] = self.notes
+        return out
+
+
+def diagnose(path: Path, probe: bool = False, check_data: bool = True) -> Diagnosis:
+    series = read(Path(path))
+    findings = run_detectors(series)
+    diag = Diagnosis(series, findings)
+    from trainlab.doctor import repetition
+
+    if series.source == "trainlab":
+        if check_data:
+            _data_findings(diag)
+        if probe:
+            diag.probe = repetition.probe_run(series.path)
+            found = repetition.finding(diag.probe)
+        else:
+            found = repetition.finding_from_samples(series.samples)
+        if found:
+            diag.findings.append(found)
+    elif probe:
+        diag.notes.append("--probe needs a trainlab run directory (it generates from the model); skipped")
+    diag.findings = rank(diag.findings)
+    return diag
+
+
+def _data_findings(diag: Diagnosis) -> None:
+    """Run the data check when the run's data is at hand (a bundled corpus or a path that still exists)."""
+    from trainlab.data.check import check_config, findings_from_check
+    from trainlab.errors import TrainlabError
+
+    cfg = diag.series.fact("config")
+    if cfg is None:
+        return
+    try:
+        report = check_config(cfg.data, fetch=False)
+    except TrainlabError as err:
+        diag.notes.append(f"data check skipped: {err}")
+        return
+    if report is None:
+        diag.notes.append(f"data check skipped: '{cfg.data.source}' is not at hand")
+        return
+    diag.data_check = report
+    diag.findings.extend(findings_from_check(report))
+
+
+def out_dir_for(series: RunSeries, out: Optional[Path]) -> Path:
+    if out is not None:
+        return Path(out)
+    if series.source == "trainlab":
+        return series.path
+    base = series.path if series.path.is_dir() else series.path.parent
+    return base / "doctor"
+
+
+def write_outputs(diag: Diagnosis, out: Path) -> tuple[Path, Path]:
+    """diagnosis.json and report.html, each written to a temporary file and renamed into place."""
+    from trainlab.doctor.report import render
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in (("diagnosis.json", json.dumps(diag.to_json(), indent=1)), ("report.html", render(diag))):
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, out / name)
+        paths.append(out / name)
+    return paths[0], paths[1]
+
+
+def summary(diag: Diagnosis) -> str:
+    lines = [f"{diag.series.path}: {diag.verdict.replace('_', ' ')} "
+             f"({len(diag.findings)} finding{'s' if len(diag.findings) != 1 else ''}, read as {diag.series.source})"]
+    for f in diag.findings:
+        lines.append(f"  [{f.severity}] {f.id}: {f.evidence}")
+        lines.append(f"      -> {f.recommendation}")
+        if f.suggested_overrides:
+            lines.append("      -> " + " ".join(f"--set {k}={v}" for k, v in f.suggested_overrides.items()))
+    for note in diag.notes:
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)

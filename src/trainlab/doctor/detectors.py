@@ -1,0 +1,490 @@
+"""Detectors: one small function per finding. Each reads a RunSeries and returns a Finding (evidence
+with the run's own numbers, a recommendation in plain words, trainlab config keys to change) or None.
+
+Thresholds are stated next to the rule that uses them; the golden cases in tests/fixtures/doctor
+were made to check them (scripts/golden_runs.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from trainlab.doctor.series import RunSeries, fmt, smooth
+
+SEVERITY_RANK = {"high": 0, "medium": 1, "low": 2}
+
+
+@dataclass
+class Finding:
+    id: str
+    severity: str  # high | medium | low
+    evidence: str
+    recommendation: str
+    suggested_overrides: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # numbers the report may plot
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("data")
+        return out
+
+
+# the usual peak learning rates of Adam-family optimisers on transformers of 0.1M-100M parameters
+HIGH_LR, LOW_LR = 1e-2, 1e-4
+
+
+def _improvement_after(c: "Curves", frac: float) -> float:
+    """Relative fall of the smoothed training loss from `frac` of the run to its end."""
+    ref = float(c.sm[int(len(c.sm) * frac)])
+    return (ref - c.final()) / ref if ref > 0 else 0.0
+
+
+def _round_lr(x: float) -> float:
+    return float(f"{x:.1e}")
+
+
+class Curves:
+    """What several detectors share: the smoothed training loss, validation points, the lr curve."""
+
+    def __init__(self, s: RunSeries):
+        self.s = s
+        self.steps, self.loss_raw = s.col("loss", finite=False)
+        finite = np.isfinite(self.loss_raw)
+        self.nonfinite = int((~finite).sum())
+        self.tsteps, self.loss = self.steps[finite], self.loss_raw[finite]
+        self.window = max(3, len(self.loss) // 20)
+        self.sm = smooth(self.loss, self.window)
+        self.vsteps, self.vloss = s.col("loss", "val")
+        self.lsteps, self.lr = s.col("lr")
+        self.peak_lr = s.fact("peak_lr", float(self.lr.max()) if len(self.lr) else None)
+        self.last = s.last_step
+
+    @property
+    def n(self) -> int:
+        return len(self.loss)
+
+    def initial(self) -> float:
+        return float(np.median(self.loss[:3]))
+
+    def final(self) -> float:
+        return float(self.sm[-1])
+
+    def at_fraction(self, lo: float, hi: float) -> np.ndarray:
+        """Raw training losses logged between two fractions of the run's steps."""
+        if self.n == 0:
+            return self.loss
+        t = self.tsteps / max(self.tsteps[-1], 1)
+        return self.loss[(t >= lo) & (t <= hi)]
+
+    def val_best(self) -> tuple[int, float]:
+        i = int(self.vloss.argmin())
+        return int(self.vsteps[i]), float(self.vloss[i])
+
+    def spikes(self, factor: float = 1.5, start: int = 0) -> list[int]:
+        """Steps whose loss exceeds `factor` x the median of the preceding window."""
+        out = []
+        for i in range(max(start, 3), self.n):
+            ref = np.median(self.loss[max(0, i - self.window * 2): i])
+            if self.loss[i] > factor * ref:
+                out.append(int(self.tsteps[i]))
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# instability
+
+
+def diverged(c: Curves) -> Optional[Finding]:
+    """The loss went non-finite, the guards gave up, or training ended above where it started."""
+    s = c.s
+    gave_up = [e for e in s.events if e.get("kind") in ("diverged",)]
+    rollbacks = [e for e in s.events if e.get("kind") == "rollback"]
+    if c.n == 0:
+        return None
+    ended_above = c.n >= 10 and c.final() > c.initial() * 0.98 and float(c.sm.min()) < c.initial() * 0.9
+    if not (c.nonfinite or gave_up or ended_above or len(rollbacks) >= 3):
+        return None
+    parts = []
+    if c.nonfinite:
+        parts.append(f"{c.nonfinite} logged training losses are not finite")
+    if rollbacks:
+        parts.append(f"the guards rolled back {len(rollbacks)} times (first at step {rollbacks[0]['step']})")
+    parts.append(f"training loss went from {fmt(c.initial())} at the start to a low of {fmt(float(c.sm.min()))} "
+                 f"and ended at {fmt(c.final())}")
+    lr = c.peak_lr
+    return Finding("diverged", "high", "; ".join(parts) + ".",
+                   "Training fell apart rather than converged. Lower the learning rate (a third to a tenth), keep "
+                   "a warmup, and keep gradient clipping at 1.0; `trainlab lr-find` measures where the loss "
+                   "starts to blow up.",
+                   {"optim.lr": _round_lr(lr / 10)} if lr else {})
+
+
+def lr_too_high(c: Curves) -> Optional[Finding]:
+    """After warmup the loss climbs back up, spikes repeatedly, or the guards must step in."""
+    if c.n < 10:
+        return None
+    warm = c.s.fact("warmup_steps", 0) or 0
+    after = c.tsteps > warm
+    if after.sum() < 5:
+        return None
+    best_i = int(np.argmin(c.sm))
+    rebound = c.final() - float(c.sm[best_i])
+    drop = c.initial() - float(c.sm[best_i])
+    rose_back = drop > 0 and rebound > 0.25 * drop and c.tsteps[best_i] > warm
+    spikes = c.spikes(1.5, start=int(np.argmax(after)))
+    rollbacks = [e for e in c.s.events if e.get("kind") in ("rollback", "spike_skip", "nonfinite_skip")
+                 and e.get("step", 0) > warm]
+    many_spikes = len(spikes) >= max(3, int(0.03 * after.sum()))
+    # weights inflated: under AdamW a sane lr leaves the weight norm within ~1.5x of its start (weight
+    # decay balances the updates); steps far too large for the weights' scale blow it up several-fold
+    wsteps, wn = c.s.col("weight_norm")
+    growth = float(wn.max() / wn[0]) if len(wn) >= 5 and wn[0] > 0 else None
+    oversized = growth is not None and growth >= 4.0
+    ratio = _update_ratio(c)
+    # a stall at a rate outside the usual range: Adam-family optimisers train small transformers at peak
+    # rates of about 1e-4 to 1e-2; far above that the loss drops to a plateau within warmup and stays
+    stall = _improvement_after(c, 0.1)
+    stalled = c.peak_lr is not None and c.peak_lr >= HIGH_LR and stall < 0.2
+    if not (rose_back or many_spikes or oversized or stalled or len(rollbacks) >= 2
+            or (c.nonfinite and c.tsteps[0] > warm)):
+        return None
+    ev = []
+    if stalled and not oversized:
+        ev.append(f"peak lr {fmt(c.peak_lr)} is above the usual range for Adam on small transformers (1e-4 to 1e-2), "
+                  f"and after the first tenth of the run the smoothed training loss improved only {stall:.0%} "
+                  f"({fmt(float(c.sm[len(c.sm) // 10]))} to {fmt(c.final())}): it dropped to a plateau and stayed")
+    if oversized:
+        at = int(wsteps[int(np.argmax(wn >= 0.5 * (wn[0] + wn.max())))])
+        ev.append(f"the weight norm grew {growth:.1f}x ({fmt(float(wn[0]), 1)} to {fmt(float(wn.max()), 1)}; half of "
+                  f"that by step {at})" + (f" with a median update-to-weight ratio of {fmt(ratio)} per step" if ratio else "")
+                  + f", and the training loss stalled at {fmt(c.final())}")
+    if rose_back:
+        ev.append(f"after falling to {fmt(float(c.sm[best_i]))} at step {int(c.tsteps[best_i])} the smoothed training "
+                  f"loss climbed back to {fmt(c.final())} ({rebound / drop:.0%} of what it had gained)")
+    if many_spikes:
+        ev.append(f"{len(spikes)} loss spikes above 1.5x the running median after warmup (first at step {spikes[0]})")
+    if rollbacks:
+        ev.append(f"{len(rollbacks)} guard interventions (skipped steps or rollbacks) after warmup")
+    lr = c.peak_lr
+    if lr and not stalled:
+        ev.append(f"peak lr {fmt(lr)}")
+    return Finding("lr_too_high", "high", "; ".join(ev) + ".",
+                   "The learning rate is too high for this model and batch: the updates are too large for the weights' scale, so they overshoot, inflate the weights and stall or undo progress. "
+                   "Divide it by 3 to 10 (or run `trainlab lr-find` and take its suggestion).",
+                   {"optim.lr": _round_lr(lr / 5)} if lr else {}, {"rebound_from_step": int(c.tsteps[best_i])})
+
+
+def no_warmup_instability(c: Curves) -> Optional[Finding]:
+    """No warmup, and the first steps are the violent ones: the loss rises or spikes early, the gradient
+    norm or the update size peaks far above its later level, and the run then crawls from a plateau."""
+    if c.n < 10:
+        return None
+    warm = c.s.fact("warmup_steps")
+    if warm is None or warm > 0:
+        return None
+    early_n = max(3, c.n // 20)
+    early = c.loss[:early_n]
+    rise = float(early.max()) - float(c.loss[0])
+    ev = [f"the lr starts at its peak ({fmt(c.peak_lr)}) with no warmup"]
+    signs = 0
+    if rise > 0.05 * c.initial():
+        signs += 1
+        ev.append(f"the training loss rose from {fmt(float(c.loss[0]))} to {fmt(float(early.max()))} within the "
+                  f"first {int(c.tsteps[early_n - 1])} steps")
+    for key, what in (("grad_norm", "gradient norm"), ("update_ratio", "update-to-weight ratio")):
+        steps, v = c.s.col(key)
+        if len(v) >= 4 * early_n:
+            peak, later = float(np.max(v[:early_n])), float(np.median(v[early_n:]))
+            if peak > 4 * later:
+                signs += 1
+                ev.append(f"the {what} reached {fmt(peak)} in the first {int(steps[early_n - 1])} steps, "
+                          f"{peak / later:.0f}x its later median")
+    if not signs:
+        return None
+    steps = c.s.fact("max_steps") or c.last
+    return Finding("no_warmup_instability", "high", "; ".join(ev) + f"; the run ended at loss {fmt(c.final())}.",
+                   "Warm the learning rate up: Adam's first updates rest on poorly estimated second moments and "
+                   "are far larger than later ones, which can throw the weights into a plateau the run then "
+                   "crawls out of. A warmup of a few percent of the run (at least ~30 steps) avoids it.",
+                   {"schedule.warmup_steps": int(max(30, min(1000, round(0.05 * steps))))})
+
+
+def clip_too_strict(c: Curves) -> Optional[Finding]:
+    """Nearly every step clipped. Under AdamW that mostly rescales all gradients alike and changes little."""
+    s = c.s
+    clip = s.fact("grad_clip")
+    _, clipped = s.col("clip_frac")
+    _, gn = s.col("grad_norm")
+    if clip is None or clip <= 0 or len(gn) < 5:
+        return None
+    frac = float(np.mean(gn > clip)) if not len(clipped) else float(np.mean(clipped))
+    if frac < 0.9:
+        return None
+    med, p90 = float(np.median(gn)), float(np.quantile(gn, 0.9))
+    spread = p90 / max(float(np.quantile(gn, 0.1)), 1e-12)
+    return Finding("clip_too_strict", "low",
+                   f"{frac:.0%} of steps were clipped: median gradient norm {fmt(med)} against grad_clip {fmt(clip)} "
+                   f"(10th to 90th percentile spread {spread:.1f}x).",
+                   "Clipping every step is not the brake it looks like: AdamW divides each update by the running "
+                   "RMS of the gradients, so scaling every gradient by about the same factor leaves the update "
+                   "nearly unchanged. It only matters on the steps where the factor differs (spikes). Set the "
+                   "threshold near the 90th percentile of the gradient norm so that it bites only on outliers.",
+                   {"optim.grad_clip": float(f"{p90:.2g}")})
+
+
+# --------------------------------------------------------------------------------------------
+# learning too slowly, or too little
+
+
+def _update_ratio(c: Curves) -> Optional[float]:
+    steps, ratio = c.s.col("update_ratio")
+    if len(ratio) < 3:
+        return None
+    warm = c.s.fact("warmup_steps", 0) or 0
+    keep = ratio[steps > warm] if (steps > warm).sum() >= 3 else ratio
+    return float(np.median(keep))
+
+
+def lr_too_low(c: Curves) -> Optional[Finding]:
+    """Updates tiny relative to the weights (or, without that metric, a peak lr below the usual range),
+    and the loss has lost less than a third of its starting value."""
+    if c.n < 10:
+        return None
+    ratio = _update_ratio(c)
+    drop = c.initial() - c.final()
+    # shape: the share of the total improvement made in the first half of the run; a well-set lr makes
+    # most of its progress early (the curve bends), a far too low one falls at an even pace
+    rel_drop = drop / max(c.initial(), 1e-12)
+    tiny_updates = ratio is not None and ratio < 1e-3
+    low_lr = c.peak_lr is not None and c.peak_lr <= LOW_LR
+    if not (tiny_updates or (ratio is None and low_lr and rel_drop < 0.35)):
+        return None
+    if rel_drop >= 0.35:  # a third of the starting loss gone: whatever the lr, it is learning
+        return None
+    ev = []
+    if ratio is not None:
+        ev.append(f"median update-to-weight ratio {fmt(ratio)} per step (healthy runs sit near 1e-3 to 1e-2)")
+    tail = c.sm[int(0.8 * len(c.sm)):]
+    ev.append(f"training loss fell only {rel_drop:.0%} ({fmt(c.initial())} to {fmt(c.final())}) and was still "
+              f"falling at the end ({fmt(float(tail[0] - tail[-1]))} over the last fifth of the run)")
+    lr = c.peak_lr
+    factor = 10.0 if ratio is None else float(min(100.0, max(3.0, 3e-3 / max(ratio, 1e-9))))
+    return Finding("lr_too_low", "high", (f"peak lr {fmt(lr)}; " if lr else "") + "; ".join(ev) + ".",
+                   f"The learning rate is too low: each step moves the weights too little. Raise it about "
+                   f"{factor:.0f}x, or run `trainlab lr-find` and take its suggestion.",
+                   {"optim.lr": _round_lr(lr * factor)} if lr else {})
+
+
+def undertrained(c: Curves) -> Optional[Finding]:
+    """Validation loss still falling when the run stopped; few tokens per parameter."""
+    if len(c.vloss) < 3:
+        return None
+    k = max(2, len(c.vloss) // 5)
+    recent_drop = float(c.vloss[-k - 1] - c.vloss[-1])
+    total_drop = float(c.vloss[0] - c.vloss.min())
+    if recent_drop <= 0 or total_drop <= 0:
+        return None
+    share = recent_drop / total_drop
+    tpp = None
+    if c.s.fact("params") and c.s.fact("tokens_seen"):
+        tpp = c.s.fact("tokens_seen") / c.s.fact("params")
+    if share < 0.03 and (tpp is None or tpp >= 1):
+        return None
+    ev = [f"validation loss fell {fmt(recent_drop)} over the last {k} evaluations (steps {int(c.vsteps[-k - 1])} to "
+          f"{int(c.vsteps[-1])}), {share:.0%} of its whole drop, and was still falling"]
+    if tpp is not None:
+        ev.append(f"the run saw {fmt(tpp, 2)} tokens per parameter (compute-optimal training is near 20)")
+    high = share > 0.25 or (tpp is not None and tpp < 1 and share > 0.1)
+    steps = c.s.fact("max_steps") or c.last
+    return Finding("undertrained", "high" if high else ("medium" if share > 0.1 else "low"), "; ".join(ev) + ".",
+                   "The model stopped while it was still learning. Train longer (more steps or tokens); keep the "
+                   "learning rate and schedule, which stretch with the budget.",
+                   {"train.max_steps": int(steps * (4 if high else 2))} if steps else {})
+
+
+def overfitting(c: Curves) -> Optional[Finding]:
+    """Validation loss turned up while training loss kept falling."""
+    if len(c.vloss) < 4:
+        return None
+    best_step, best = c.val_best()
+    final = float(c.vloss[-1])
+    rise = final - best
+    if rise < max(0.02, 0.02 * best) or best_step == int(c.vsteps[-1]):
+        return None
+    after_best = c.loss[c.tsteps > best_step]
+    before = c.loss[c.tsteps <= best_step]
+    if len(after_best) < 2 or len(before) == 0:
+        return None
+    train_fell = float(np.median(after_best[-max(2, len(after_best) // 5):])) < float(np.median(before[-max(2, len(before) // 5):]))
+    if not train_fell:
+        return None
+    patience = c.s.fact("patience") or 3
+    i_best = int(c.vloss.argmin())
+    stop_i, best_so_far, since = None, math.inf, 0
+    for i, v in enumerate(c.vloss):
+        if v < best_so_far:
+            best_so_far, since = v, 0
+        else:
+            since += 1
+            if since >= patience:
+                stop_i = i
+                break
+    stop_at = int(c.vsteps[stop_i]) if stop_i is not None else None
+    gap = final - float(c.sm[-1])
+    ev = (f"validation loss reached its best {fmt(best)} at step {best_step}, then rose to {fmt(final)} by step "
+          f"{int(c.vsteps[-1])} (+{fmt(rise)}) while the training loss kept falling to {fmt(c.final())} "
+          f"(gap {fmt(gap)} nats)")
+    if stop_at is not None:
+        ev += f"; early stopping with patience {patience} would have stopped at step {stop_at}, keeping step {int(c.vsteps[i_best])}"
+    over = {"early_stopping.patience": patience}
+    if (c.s.fact("dropout") or 0) < 0.1:
+        over["model.dropout"] = 0.1
+    return Finding("overfitting", "high" if rise > 0.1 * best else "medium", ev + ".",
+                   "The model memorises the training set. Stop at the best validation loss (early stopping keeps "
+                   "that checkpoint), get more data, or regularise (dropout, weight decay, a smaller model).",
+                   over, {"best_step": best_step, "stop_step": stop_at})
+
+
+def capacity_too_small(c: Curves) -> Optional[Finding]:
+    """The parameter budget sits in the embeddings and the network itself is tiny (seed 000)."""
+    params, emb, d = c.s.fact("params"), c.s.fact("embedding_params"), c.s.fact("d_model")
+    if not params or emb is None or not d:
+        return None
+    share = emb / params
+    if share < 0.6 or d > 96:
+        return None
+    vocab = c.s.fact("vocab_size")
+    return Finding("capacity_too_small", "high" if share > 0.9 and d <= 32 else "medium",
+                   f"{share:.0%} of the {params:,} parameters are embeddings ({emb:,}; vocabulary {vocab:,} x width "
+                   f"{d}); the transformer layers hold only {params - emb:,}.",
+                   "The vocabulary eats the budget and each token gets only a few dimensions: the model can barely "
+                   "represent context. Use a smaller vocabulary (a BPE of 4k-16k trained on your data) and spend "
+                   "the parameters on width and depth.",
+                   {"data.tokenizer": "bpe", "data.bpe_vocab_size": 8192, "model.d_model": max(128, d * 4)})
+
+
+def batch_too_small(c: Curves) -> Optional[Finding]:
+    """Step-to-step loss noise large next to the progress the run makes."""
+    if c.n < 30:
+        return None
+    half = c.loss[c.n // 2:]
+    resid = half - c.sm[c.n // 2:]
+    noise = float(np.std(resid)) / max(float(np.mean(half)), 1e-12)
+    if noise < 0.05:
+        return None
+    tps = c.s.fact("tokens_per_step")
+    ev = f"the training loss scatters {noise:.1%} (std of its deviation from the rolling median, second half of the run)"
+    if tps:
+        ev += f" with {tps:,} tokens per step"
+    over = {}
+    if c.s.fact("grad_accum"):
+        over["train.grad_accum"] = int(c.s.fact("grad_accum")) * 4
+    return Finding("batch_too_small", "medium" if noise > 0.1 else "low", ev + ".",
+                   "Each step sees too few tokens for a steady gradient. Accumulate gradients (train.grad_accum) or "
+                   "raise the batch; if you raise it, raise the lr by about the square root of the factor.", over)
+
+
+def schedule_decays_too_early(c: Curves) -> Optional[Finding]:
+    """The lr reached its floor long before the end while the loss was still falling, or restarts."""
+    if len(c.lr) < 10 or not c.peak_lr:
+        return None
+    low = c.lr <= 0.1 * c.peak_lr
+    past_warm = c.lsteps > (c.s.fact("warmup_steps") or 0)
+    frac_low = float(low[past_warm].mean()) if past_warm.any() else 0.0
+    first_peak = int(np.argmax(c.lr >= 0.98 * c.lr.max()))
+    rises = int(np.sum(np.diff(c.lr[first_peak:]) > 0.2 * c.peak_lr))  # jumps up after warmup: restarts
+    if rises:
+        return Finding("schedule_decays_too_early", "low",
+                       f"the lr jumped back up {rises} times (restarts); each restart undoes part of the annealing.",
+                       "Warm restarts rarely help a single pretraining run: use one cosine (or WSD) over the whole "
+                       "budget.", {"schedule.name": "cosine"})
+    if frac_low < 0.3:
+        return None
+    return Finding("schedule_decays_too_early", "medium" if frac_low > 0.5 else "low",
+                   f"{frac_low:.0%} of the steps after warmup ran at 10% of the peak lr ({fmt(c.peak_lr)}) or less.",
+                   "The schedule spends much of the budget at a rate too low to learn. Decay over the whole run "
+                   "(cosine to ~10% at the last step) or use WSD, which holds the peak and decays at the end.",
+                   {"schedule.name": "wsd", "schedule.min_lr_ratio": 0.1})
+
+
+# --------------------------------------------------------------------------------------------
+# speed
+
+
+def input_bound(c: Curves) -> Optional[Finding]:
+    _, wait = c.s.col("data_wait_frac")
+    if len(wait) < 5:
+        return None
+    med = float(np.median(wait[1:]))
+    if med < 0.2:
+        return None
+    return Finding("input_bound", "medium" if med > 0.35 else "low",
+                   f"the median step spent {med:.0%} of its time waiting for data.",
+                   "The model waits for its input. Data comes from memmapped shards, so this usually means the "
+                   "steps are tiny: raise the batch size (compute per step grows, loading cost does not) or put "
+                   "the shards on a local disk.", {"train.batch_size": int((c.s.fact("batch_size") or 16) * 2)})
+
+
+def low_mfu(c: Curves) -> Optional[Finding]:
+    s = c.s
+    precision, device = s.fact("precision"), s.fact("device") or ""
+    _, mfu = s.col("mfu")
+    med = float(np.median(mfu)) if len(mfu) else None
+    if precision == "fp32" and s.fact("cpu_bf16") and device.startswith("cpu"):
+        return Finding("low_mfu", "medium",
+                       "the run trained in fp32 on a CPU with native bf16 (avx512_bf16/amx), where a bf16 training "
+                       "step runs about 2.7x faster" + (f"; median MFU {med:.1%}" if med is not None else "") + ".",
+                       "Train in bf16 autocast (weights and optimizer stay fp32).", {"train.precision": "bf16"})
+    if precision == "fp32" and device.startswith("cuda"):
+        return Finding("low_mfu", "medium", "the run trained in fp32 on a GPU" +
+                       (f"; median MFU {med:.1%}" if med is not None else "") + ".",
+                       "Use mixed precision: bf16 on compute capability 8.0+, fp16 with a grad scaler on older GPUs "
+                       "such as a T4 (precision: auto picks).", {"train.precision": "auto"})
+    if med is not None and med < 0.05:
+        return Finding("low_mfu", "low", f"median MFU {med:.1%} of the measured matmul peak.",
+                       "The steps are too small to keep the cores busy: raise the batch size or sequence length, "
+                       "or turn on train.compile.", {} if s.fact("compile") else {"train.compile": True})
+    return None
+
+
+def precision_mismatch(c: Curves) -> Optional[Finding]:
+    """bf16 asked for on a GPU without bf16 tensor cores (seed 001's T4)."""
+    gpu = (c.s.fact("gpu_name") or "").lower()
+    if c.s.fact("precision") == "bf16" and any(t in gpu for t in ("t4", "v100", "p100", "k80", "p4")):
+        return Finding("precision_mismatch", "medium",
+                       f"the run used bf16 on a {c.s.fact('gpu_name')}, which has no bf16 tensor cores: bf16 there is "
+                       "emulated and slower than fp16.",
+                       "Use fp16 with a grad scaler on this GPU (precision: auto picks it).",
+                       {"train.precision": "fp16"})
+    return None
+
+
+DETECTORS: list[Callable[[Curves], Optional[Finding]]] = [
+    no_warmup_instability, lr_too_high, diverged, overfitting, lr_too_low, capacity_too_small, undertrained,
+    batch_too_small, schedule_decays_too_early, clip_too_strict, input_bound, low_mfu, precision_mismatch,
+]
+# within a severity, findings are listed in this order: causes (a too-high lr) before symptoms (divergence)
+PRIORITY = [d.__name__ for d in DETECTORS] + ["repetition", "data_duplicates", "train_val_leakage"]
+
+
+def run_detectors(s: RunSeries) -> list[Finding]:
+    c = Curves(s)
+    found = [f for f in (d(c) for d in DETECTORS) if f is not None]
+    return found
+
+
+def rank(findings: list[Finding]) -> list[Finding]:
+    order = {name: i for i, name in enumerate(PRIORITY)}
+    return sorted(findings, key=lambda f: (SEVERITY_RANK[f.severity], order.get(f.id, len(order))))
+
+
+def verdict(findings: list[Finding]) -> str:
+    if any(f.severity == "high" for f in findings):
+        return "failing"
+    if any(f.severity == "medium" for f in findings):
+        return "needs_attention"
+    return "healthy"

@@ -1,0 +1,72 @@
+"""The one in-memory form every reader produces and every detector reads."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+
+@dataclass
+class RunSeries:
+    """A run's metrics, whoever wrote them.
+
+    `train` and `val` are rows with a `step` and trainlab's names (loss, lr, grad_norm, acc, ...);
+    `facts` holds what is known of the run's setup (peak lr, warmup, clipping, parameters, tokens per
+    step, precision, ...); a reader leaves out what its format does not record.
+    """
+
+    source: str  # trainlab | hf_trainer | lightning | tensorboard
+    path: Path
+    train: list[dict[str, Any]] = field(default_factory=list)
+    val: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def col(self, key: str, split: str = "train", finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one metric, in step order; non-finite values dropped unless finite=False."""
+        rows = self.train if split == "train" else self.val
+        pairs = [(r["step"], float(r[key])) for r in rows if isinstance(r.get(key), (int, float))]
+        if finite:
+            pairs = [p for p in pairs if math.isfinite(p[1])]
+        pairs.sort(key=lambda p: p[0])
+        if not pairs:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        steps, values = zip(*pairs)
+        return np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64)
+
+    def has(self, key: str, split: str = "train") -> bool:
+        return len(self.col(key, split)[0]) > 0
+
+    @property
+    def last_step(self) -> int:
+        steps = [r["step"] for r in self.train + self.val]
+        return max(steps) if steps else 0
+
+    def fact(self, key: str, default: Any = None) -> Any:
+        value = self.facts.get(key)
+        return default if value is None else value
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """A centred rolling median: robust to the single-batch noise of a training loss."""
+    if len(values) == 0 or window <= 1:
+        return values.copy()
+    half = window // 2
+    return np.array([np.median(values[max(0, i - half): i + half + 1]) for i in range(len(values))])
+
+
+def fmt(x: Optional[float], digits: int = 3) -> str:
+    """A number for evidence text: 3 decimals, or scientific notation when tiny or huge."""
+    if x is None:
+        return "n/a"
+    if x == 0:
+        return "0"
+    if abs(x) < 1e-2 or abs(x) >= 1e5:
+        return f"{x:.2e}"
+    text = f"{x:.{digits}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text

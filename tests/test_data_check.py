@@ -1,0 +1,74 @@
+"""trainlab data check: exact and near duplicates and train/validation overlap, on real Shakespeare
+paragraphs with duplicates planted at known places."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import cli
+from trainlab.config import DataConfig
+from trainlab.data.check import check_source
+from trainlab.data.prepare import _is_val
+
+
+@pytest.fixture(scope="module")
+def paragraphs(corpus_cache):
+    from trainlab.data.corpora import get_corpus
+
+    text = get_corpus("shakespeare", corpus_cache).read_text(encoding="utf-8")
+    paras = [p.strip() for p in re.split(r"\n\s*\n", text) if 400 <= len(p.strip()) <= 1500]
+    seen, out = set(), []
+    for p in paras:  # distinct to begin with
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out[:600]
+
+
+def edit(p: str) -> str:
+    """A near duplicate: two words changed."""
+    words = p.split(" ")
+    words[3], words[len(words) // 2] = "verily", "forsooth"
+    return " ".join(words)
+
+
+def write_jsonl(path, docs):
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+
+
+def test_clean_corpus_has_no_duplicates(paragraphs, tmp_path):
+    write_jsonl(tmp_path / "clean.jsonl", paragraphs)
+    r = check_source(DataConfig(source=str(tmp_path / "clean.jsonl"), val_fraction=0.2))
+    assert r["train_exact_duplicate_rate"] == 0
+    assert r["train_near_duplicate_rate"] < 0.01 and r["val_in_train_near_rate"] < 0.01
+
+
+def test_planted_duplicates_are_found(paragraphs, tmp_path):
+    base, extra = paragraphs[:500], []
+    extra += base[:50]  # exact copies: the split puts each copy beside its original
+    extra += [edit(p) for p in base[50:150]]  # near copies: they fall on either side
+    write_jsonl(tmp_path / "d.jsonl", base + extra)
+    r = check_source(DataConfig(source=str(tmp_path / "d.jsonl"), val_fraction=0.2))
+    docs = base + extra
+    train = [d for d in docs if not _is_val(d, 0.2)]
+    val = [d for d in docs if _is_val(d, 0.2)]
+    exact_train = sum(1 for p in base[:50] if not _is_val(p, 0.2))
+    assert r["units_checked"] == {"train": len(train), "val": len(val)}
+    assert r["train_exact_duplicate_rate"] == pytest.approx(exact_train / len(train))
+    near_pairs_train = sum(1 for p in base[50:150] if not _is_val(p, 0.2) and not _is_val(edit(p), 0.2))
+    leaked = sum(1 for p in base[50:150] if _is_val(p, 0.2) != _is_val(edit(p), 0.2))
+    assert r["train_near_duplicate_rate"] * len(train) == pytest.approx(near_pairs_train, abs=2)
+    assert r["val_in_train_near_rate"] * len(val) == pytest.approx(leaked, abs=2)
+    assert leaked >= 10
+
+
+def test_data_check_command(paragraphs, tmp_path):
+    docs = paragraphs[:300] + paragraphs[:100]
+    write_jsonl(tmp_path / "dup.jsonl", docs)
+    out = cli("data", "check", str(tmp_path / "dup.jsonl")).stdout
+    assert "duplicates in train: exact" in out and "data_duplicates" in out
+    doc = json.loads(cli("data", "check", str(tmp_path / "dup.jsonl"), "--json").stdout)
+    assert doc["findings"][0]["id"] == "data_duplicates" and doc["findings"][0]["severity"] == "high"

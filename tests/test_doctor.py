@@ -1,0 +1,171 @@
+"""trainlab doctor: readers of real logs, detectors on golden runs, the JSON contract, the report page.
+
+Fixtures: tests/fixtures/doctor/golden/ (real trainlab runs with induced pathologies, made by
+scripts/golden_runs.py) and tests/fixtures/doctor/foreign/ (real transformers.Trainer and Lightning
+runs, made by scripts/foreign_logs.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, cli
+from trainlab.doctor import diagnose
+from trainlab.doctor.readers import classify, read
+from trainlab.doctor.repetition import text_stats
+
+FIX = REPO / "tests" / "fixtures" / "doctor"
+GOLDEN = sorted(p.name for p in (FIX / "golden").iterdir())
+FOREIGN = {"hf": "trainer_state.json", "lightning": "metrics.csv", "tensorboard": ""}
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("val_loss", ("val", "loss")), ("eval_loss", ("val", "loss")), ("eval/loss", ("val", "loss")),
+    ("train/loss", ("train", "loss")), ("train_loss_step", ("train", "loss")), ("train_loss_epoch", None),
+    ("loss", ("train", "loss")), ("lr-AdamW", ("train", "lr")), ("train/learning_rate", ("train", "lr")),
+    ("grad_norm", ("train", "grad_norm")), ("val_acc", ("val", "acc")), ("epoch", None), ("train/epoch", None),
+])
+def test_metric_names_map_to_ours(name, expected):
+    assert classify(name) == expected
+
+
+def test_golden_cases_exist():
+    assert set(GOLDEN) == {"healthy", "lr_too_low", "lr_too_high", "no_warmup_instability", "overfitting",
+                           "undertrained"}
+
+
+@pytest.mark.parametrize("case", GOLDEN)
+def test_golden_top_finding(case, tmp_path):
+    run = tmp_path / case
+    shutil.copytree(FIX / "golden" / case, run)
+    diag = diagnose(run, check_data=False)
+    ids = [f.id for f in diag.findings]
+    if case == "healthy":
+        assert not [f for f in diag.findings if f.severity == "high"], ids
+        assert diag.verdict != "failing"
+    else:
+        assert diag.findings and diag.findings[0].id == case, ids
+        assert diag.findings[0].severity == "high"
+        assert diag.verdict == "failing"
+    for f in diag.findings:  # evidence carries numbers from the run; overrides are real config keys
+        assert any(ch.isdigit() for ch in f.evidence)
+        from trainlab.config import known_keys
+
+        assert set(f.suggested_overrides) <= set(known_keys()), f.suggested_overrides
+
+
+def test_overfitting_names_the_early_stopping_step():
+    diag = diagnose(FIX / "golden" / "overfitting", check_data=False)
+    f = next(f for f in diag.findings if f.id == "overfitting")
+    rows = [json.loads(x) for x in (FIX / "golden" / "overfitting" / "metrics.jsonl").read_text().splitlines()]
+    val = [(r["step"], r["loss"]) for r in rows if r["split"] == "val"]
+    best_step = min(val, key=lambda v: v[1])[0]
+    assert f.data["best_step"] == best_step
+    assert f.data["stop_step"] > best_step and f"step {f.data['stop_step']}" in f.evidence
+
+
+@pytest.mark.parametrize("tool", list(FOREIGN))
+def test_foreign_reader_gives_one_series(tool):
+    path = FIX / "foreign" / tool / "healthy" / FOREIGN[tool]
+    s = read(path)
+    assert s.source == {"hf": "hf_trainer", "lightning": "lightning", "tensorboard": "tensorboard"}[tool]
+    steps, loss = s.col("loss")
+    vsteps, vloss = s.col("loss", "val")
+    assert len(loss) >= 20 and len(vloss) >= 5
+    assert list(steps) == sorted(steps) and loss[-1] < loss[0] and vloss[-1] < vloss[0]
+    assert s.has("lr") and s.fact("peak_lr") == pytest.approx(3e-3, rel=1e-3)
+    assert s.fact("warmup_steps") > 0
+
+
+@pytest.mark.parametrize("tool", list(FOREIGN))
+@pytest.mark.parametrize("case", ["healthy", "lr_too_high", "lr_too_low"])
+def test_foreign_logs_are_diagnosed(tool, case):
+    diag = diagnose(FIX / "foreign" / tool / case / FOREIGN[tool])
+    ids = [(f.id, f.severity) for f in diag.findings]
+    if case == "healthy":
+        assert not [f for f in diag.findings if f.severity == "high"], ids
+    else:
+        assert diag.findings and diag.findings[0].id == case, ids
+
+
+def test_doctor_json_contract_and_files(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIX / "golden" / "lr_too_low", run)
+    out = cli("doctor", str(run), "--json", "--no-data-check").stdout
+    doc = json.loads(out)
+    assert doc["verdict"] in ("healthy", "needs_attention", "failing")
+    assert doc["findings"][0]["id"] == "lr_too_low"
+    for f in doc["findings"]:
+        assert set(f) == {"id", "severity", "evidence", "recommendation", "suggested_overrides"}
+        assert f["severity"] in ("high", "medium", "low")
+    assert doc["findings"][0]["suggested_overrides"]["optim.lr"] > 3e-5
+    assert json.loads((run / "diagnosis.json").read_text())["findings"] == doc["findings"]
+    assert (run / "report.html").stat().st_size > 1000
+
+
+def test_doctor_on_foreign_logs_writes_beside_them(tmp_path):
+    src = tmp_path / "hf"
+    shutil.copytree(FIX / "foreign" / "hf" / "lr_too_high", src)
+    text = cli("doctor", str(src / "trainer_state.json")).stdout
+    assert "lr_too_high" in text and (src / "doctor" / "report.html").exists()
+    cli("doctor", str(src / "trainer_state.json"), "--out", str(tmp_path / "elsewhere"))
+    assert (tmp_path / "elsewhere" / "diagnosis.json").exists()
+
+
+def test_clip_every_step_is_explained_not_blamed():
+    """Seed 000's 'clipping is too strict': every step clipped is a low finding that says why."""
+    diag = diagnose(FIX / "golden" / "lr_too_low", check_data=False)
+    f = next(f for f in diag.findings if f.id == "clip_too_strict")
+    assert f.severity == "low" and "AdamW" in f.recommendation and "%" in f.evidence
+
+
+def test_capacity_finding_for_seed_000_shape(tmp_path):
+    """A 250k vocabulary with 4-dim embeddings: nearly every parameter is an embedding."""
+    run = tmp_path / "run"
+    shutil.copytree(FIX / "golden" / "healthy", run)
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["model"].update(vocab_size=250_000, d_model=4, n_head=1, n_layer=2)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    diag = diagnose(run, check_data=False)
+    f = next(f for f in diag.findings if f.id == "capacity_too_small")
+    assert f.severity == "high" and "250,000" in f.evidence
+
+
+def test_repetition_measures():
+    loop = text_stats("To be or not", " to be or not to be or not to be or not to be or not to be")
+    prose = text_stats("To be or not", " that is the question: whether 'tis nobler in the mind to suffer the "
+                                       "slings and arrows of outrageous fortune")
+    assert loop["repeated"] > 0.6 and loop["copied"] == 0.5 and loop["distinct_2"] < 0.4
+    assert prose["repeated"] == 0 and prose["copied"] == 0 and prose["distinct_2"] == 1.0
+
+
+def test_probe_generates_from_validation_prompts(tmp_path):
+    run = tmp_path / "run"
+    cli("train", "--preset", "tiny", "--set", "train.max_steps=20", "--run-dir", str(run))
+    doc = json.loads(cli("doctor", str(run), "--probe", "--json", "--no-data-check").stdout)
+    probe = doc["probe"]
+    assert probe["plain"]["n"] == 8 and probe["penalised"]["n"] == 8
+    for name in ("plain", "penalised"):
+        assert 0 <= probe[name]["repeated"] <= 1 and 0 <= probe[name]["copied"] <= 1
+    from trainlab.data.corpora import get_corpus
+
+    text = get_corpus("shakespeare").read_text(encoding="utf-8")
+    val = text[int(0.9 * len(text)) - 5000:]
+    assert all(ex["prompt"] in val for ex in probe["examples"])  # prompts come from the validation split
+    assert len(probe["examples"]) == 3 and all(ex["output"] for ex in probe["examples"])
+
+
+def test_cosine_restarts_are_flagged(tmp_path):
+    """Seed 003 warns against cosine with restarts; the doctor notices the lr jumping back up."""
+    run = tmp_path / "run"
+    cli("train", "--preset", "tiny", "--set", "schedule.name=cosine_restarts", "--set", "schedule.cycles=3",
+        "--set", "train.max_steps=60", "--run-dir", str(run))
+    diag = diagnose(run, check_data=False)
+    f = next(f for f in diag.findings if f.id == "schedule_decays_too_early")
+    assert "restarts" in f.evidence and f.suggested_overrides == {"schedule.name": "cosine"}
