@@ -169,3 +169,26 @@ def test_cosine_restarts_are_flagged(tmp_path):
     diag = diagnose(run, check_data=False)
     f = next(f for f in diag.findings if f.id == "schedule_decays_too_early")
     assert "restarts" in f.evidence and f.suggested_overrides == {"schedule.name": "cosine"}
+
+
+def test_a_run_the_guards_gave_up_on_is_diverged(tmp_path):
+    run = tmp_path / "run"
+    proc = cli("train", "--preset", "tiny", "--set", "optim.lr=30", "--set", "schedule.warmup_steps=0",
+               "--set", "optim.grad_clip=0", "--set", "train.max_steps=80", "--set", "guard.max_rollbacks=2",
+               "--set", "checkpoint.interval=4", "--run-dir", str(run), check=False)
+    assert proc.returncode == 1, proc.stderr
+    diag = diagnose(run, check_data=False)
+    ids = {f.id: f for f in diag.findings}
+    assert diag.verdict == "failing" and diag.findings[0].severity == "high"
+    assert "diverged" in ids and "guards gave up" in ids["diverged"].evidence
+    assert ids["diverged"].suggested_overrides["optim.lr"] == 3.0
+
+
+def test_fp32_on_a_bf16_cpu_is_low_mfu(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIX / "golden" / "healthy", run)
+    env = json.loads((run / "env.json").read_text())
+    env["hardware"]["cpu_bf16"] = True  # the same run, as if made on a CPU with avx512_bf16
+    (run / "env.json").write_text(json.dumps(env))
+    f = next(f for f in diagnose(run, check_data=False).findings if f.id == "low_mfu")
+    assert f.severity == "medium" and f.suggested_overrides == {"train.precision": "bf16"}

@@ -113,6 +113,8 @@ def diverged(c: Curves) -> Optional[Finding]:
         parts.append(f"{c.nonfinite} logged training losses are not finite")
     if rollbacks:
         parts.append(f"the guards rolled back {len(rollbacks)} times (first at step {rollbacks[0]['step']})")
+    if gave_up:
+        parts.append(f"the guards gave up at step {gave_up[-1]['step']}")
     parts.append(f"training loss went from {fmt(c.initial())} at the start to a low of {fmt(float(c.sm.min()))} "
                  f"and ended at {fmt(c.final())}")
     lr = c.peak_lr
@@ -159,7 +161,7 @@ def lr_too_high(c: Curves) -> Optional[Finding]:
                   f"({fmt(float(c.sm[len(c.sm) // 10]))} to {fmt(c.final())}): it dropped to a plateau and stayed")
     if oversized:
         at = int(wsteps[int(np.argmax(wn >= 0.5 * (wn[0] + wn.max())))])
-        ev.append(f"the weight norm grew {growth:.1f}x ({fmt(float(wn[0]), 1)} to {fmt(float(wn.max()), 1)}; half of "
+        ev.append(f"the weight norm grew {fmt(growth, 1)}x ({fmt(float(wn[0]), 1)} to {fmt(float(wn.max()), 1)}; half of "
                   f"that by step {at})" + (f" with a median update-to-weight ratio of {fmt(ratio)} per step" if ratio else "")
                   + f", and the training loss stalled at {fmt(c.final())}")
     if rose_back:
@@ -199,7 +201,7 @@ def no_warmup_instability(c: Curves) -> Optional[Finding]:
         steps, v = c.s.col(key)
         if len(v) >= 4 * early_n:
             peak, later = float(np.max(v[:early_n])), float(np.median(v[early_n:]))
-            if peak > 4 * later:
+            if later > 0 and peak > 4 * later:
                 signs += 1
                 ev.append(f"the {what} reached {fmt(peak)} in the first {int(steps[early_n - 1])} steps, "
                           f"{peak / later:.0f}x its later median")
@@ -281,26 +283,31 @@ def lr_too_low(c: Curves) -> Optional[Finding]:
 
 def undertrained(c: Curves) -> Optional[Finding]:
     """Validation loss still falling when the run stopped; few tokens per parameter."""
-    if len(c.vloss) < 3:
+    if len(c.vloss) < 3 or c.n == 0:
         return None
-    k = max(2, len(c.vloss) // 5)
-    recent_drop = float(c.vloss[-k - 1] - c.vloss[-1])
-    total_drop = float(c.vloss[0] - c.vloss.min())
+    recent_drop = float(c.vloss[-2] - c.vloss[-1])
+    # the whole drop counts from the start of training (the first logged training loss), not from the
+    # first evaluation, which may come after most of the fall
+    start = max(float(c.loss[0]), float(c.vloss[0]))
+    total_drop = start - float(c.vloss.min())
     if recent_drop <= 0 or total_drop <= 0:
         return None
-    share = recent_drop / total_drop
+    span = int(c.vsteps[-1] - c.vsteps[-2])
+    # the last evaluation interval's share of the drop, per tenth of the run it covers
+    share = recent_drop / total_drop / max(span / max(c.last, 1) * 10, 1e-9)
     tpp = None
     if c.s.fact("params") and c.s.fact("tokens_seen"):
         tpp = c.s.fact("tokens_seen") / c.s.fact("params")
-    if share < 0.03 and (tpp is None or tpp >= 1):
+    if share < 0.02 and (tpp is None or tpp >= 0.1):
         return None
-    ev = [f"validation loss fell {fmt(recent_drop)} over the last {k} evaluations (steps {int(c.vsteps[-k - 1])} to "
-          f"{int(c.vsteps[-1])}), {share:.0%} of its whole drop, and was still falling"]
+    ev = [f"validation loss fell {fmt(recent_drop)} between steps {int(c.vsteps[-2])} and {int(c.vsteps[-1])} and was "
+          f"still falling ({share:.0%} of the run's whole drop per tenth of the run)"]
     if tpp is not None:
         ev.append(f"the run saw {fmt(tpp, 2)} tokens per parameter (compute-optimal training is near 20)")
-    high = share > 0.25 or (tpp is not None and tpp < 1 and share > 0.1)
+    # high: still falling fast, or so few tokens that most weights have barely been trained
+    high = share > 0.15 or (tpp is not None and tpp < 0.1)
     steps = c.s.fact("max_steps") or c.last
-    return Finding("undertrained", "high" if high else ("medium" if share > 0.1 else "low"), "; ".join(ev) + ".",
+    return Finding("undertrained", "high" if high else ("medium" if share > 0.05 else "low"), "; ".join(ev) + ".",
                    "The model stopped while it was still learning. Train longer (more steps or tokens); keep the "
                    "learning rate and schedule, which stretch with the budget.",
                    {"train.max_steps": int(steps * (4 if high else 2))} if steps else {})

@@ -55,7 +55,8 @@ def summarise(pairs: list[tuple[str, str]]) -> dict[str, Any]:
 
 def probe_run(run_dir: Path, n_prompts: int = 8, prompt_tokens: int = 48, new_tokens: int = 96,
               seed: int = 0) -> dict[str, Any]:
-    """Generate from prompts cut from the validation data, plainly and with a repetition penalty and top-p."""
+    """Generate from prompts cut from the validation data: greedily ("plain", where a model's own pull
+    towards repeating shows, undiluted by sampling noise) and sampled with a repetition penalty and top-p."""
     import numpy as np
     import torch
 
@@ -72,7 +73,7 @@ def probe_run(run_dir: Path, n_prompts: int = 8, prompt_tokens: int = 48, new_to
     span = len(val) - prompt_tokens - 1
     starts = np.linspace(0, max(span, 0), n_prompts).astype(int)
     prompts = [val[s:s + prompt_tokens].astype(np.int64) for s in starts]
-    settings = {"plain": dict(temperature=0.8, top_k=0, top_p=1.0, repetition_penalty=1.0),
+    settings = {"plain": dict(temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0),
                 "penalised": dict(temperature=0.8, top_k=0, top_p=0.9, repetition_penalty=1.3)}
     result: dict[str, Any] = {"step": run.step, "prompt_tokens": int(prompt_tokens), "new_tokens": new_tokens,
                               "settings": settings}

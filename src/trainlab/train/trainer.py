@@ -410,7 +410,11 @@ class Trainer:
                     say(f"step {self.progress.step}: {what} (loss {out['loss']:.4g}), step skipped")
                     if out["spike"] or self.progress.nonfinite_streak >= cfg.guard.max_nonfinite:
                         at = self.progress.step
-                        back = self.rollback(f"{what} at step {at}")
+                        try:
+                            back = self.rollback(f"{what} at step {at}")
+                        except Diverged as err:  # the guards give up: say so in the metrics, for the doctor
+                            emit(self.row("event", kind="diverged", detail=str(err)))
+                            raise
                         if back is not None:
                             for sink in (metrics, samples):
                                 sink.truncate_after(back, keep_events=True)
