@@ -193,6 +193,50 @@ def doctor(path: Path = typer.Argument(..., help="A run directory, trainer_state
         print(f"report: {report}")
 
 
+@app.command()
+def ablate(sweep: Path = typer.Argument(..., help="A sweep YAML: base, budget, seeds, variants or grid."),
+           out: Optional[Path] = typer.Option(None, "--out", help="Default: runs/ablate-<sweep name>."),
+           seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Seeds per variant (overrides the file)."),
+           workers: Optional[int] = typer.Option(None, "--workers", min=1,
+                                                 help="Runs at once; they split the cores (overrides the file).")) -> None:
+    """Compare config variants fairly: equal budgets, several seeds, significance."""
+    from trainlab.experiment.ablate import load_sweep, run_sweep
+
+    plan = load_sweep(sweep, seeds, workers)
+    out = out or Path("runs") / f"ablate-{sweep.stem}"
+    summary = run_sweep(plan, out)
+    print((out / "results.md").read_text(encoding="utf-8"))
+    failed = sum(1 for r in summary["runs"] if r.get("failed"))
+    print(f"results: {out / 'results.md'} | report: {out / 'report.html'} | {summary['wall_s']:.0f} s")
+    if failed:
+        print(f"error: {failed} run(s) failed; see their train.log", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+@app.command()
+def tune(space: Path = typer.Argument(..., help="A search space YAML: params, budget, pruner."),
+         preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set_: Optional[List[str]] = SET,
+         trials: int = typer.Option(20, "--trials", min=1, help="Finished trials in the study, all processes together."),
+         storage: Optional[str] = typer.Option(None, "--storage", help="Default: a journal file in --out; or a "
+                                               "database URL (postgresql://...) shared by several machines."),
+         out: Optional[Path] = typer.Option(None, "--out", help="Default: runs/tune-<space name>.")) -> None:
+    """Tune hyperparameters with Optuna (TPE, pruning on validation loss); several processes may share a study."""
+    from trainlab.doctor import diagnose, summary, write_outputs
+    from trainlab.experiment.tune import tune as run_tune
+
+    out = out or Path("runs") / f"tune-{space.stem}"
+    result = run_tune(space, preset, config, list(set_ or []), trials, storage, out)
+    for t in result["trials"]:
+        value = "-" if t["value"] is None else f"{t['value']:.4f}"
+        print(f"trial {t['number']:>3} {t['state']:9s} {value:>8s} {t['params']}")
+    best = result["best"]
+    print(f"best: trial {best['number']} val loss {best['value']:.4f} {best['params']}")
+    print(f"best config: {out / 'best.yaml'}  (trainlab train --config {out / 'best.yaml'})")
+    diag = diagnose(Path(best["run_dir"]), check_data=False)
+    write_outputs(diag, Path(best["run_dir"]))
+    print(summary(diag))
+
+
 @data_app.command("list")
 def data_list() -> None:
     """The bundled corpora."""

@@ -33,15 +33,16 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [start + i * step for i in range(int((hi - start) / step) + 1)]
 
 
-def chart(title: str, lines: Sequence[tuple[str, np.ndarray, np.ndarray]], log_y: bool = False,
-          hline: Optional[tuple[str, float]] = None, markers: bool = False) -> str:
-    """An SVG line chart. lines: (label, x, y); non-finite and (on a log axis) non-positive points are dropped."""
+def chart(title: str, lines: Sequence[tuple], log_y: bool = False, hline: Optional[tuple[str, float]] = None,
+          markers: bool = False, xlabel: str = "step") -> str:
+    """An SVG line chart. lines: (label, x, y) or (label, x, y, color); an empty label stays out of the
+    legend; non-finite and (on a log axis) non-positive points are dropped."""
     clean = []
-    for label, x, y in lines:
+    for i, (label, x, y, *color) in enumerate(lines):
         x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
         ok = np.isfinite(x) & np.isfinite(y) & ((y > 0) if log_y else True)
         if ok.any():
-            clean.append((label, x[ok], np.log10(y[ok]) if log_y else y[ok]))
+            clean.append((label, x[ok], np.log10(y[ok]) if log_y else y[ok], color[0] if color else COLORS[i % len(COLORS)]))
     if not clean:
         return ""
     xs = np.concatenate([c[1] for c in clean])
@@ -73,13 +74,13 @@ def chart(title: str, lines: Sequence[tuple[str, np.ndarray, np.ndarray]], log_y
                    f'<text x="{PAD_L - 4}" y="{py(t) + 4:.1f}" class="tick" text-anchor="end">{esc(label)}</text>')
     for t in _ticks(x0, x1):
         out.append(f'<text x="{px(t):.1f}" y="{H - PAD_B + 14}" class="tick" text-anchor="middle">{esc(fmt(t, 0))}</text>')
-    out.append(f'<text x="{W - PAD_R}" y="{H - 4}" class="tick" text-anchor="end">step</text>')
+    out.append(f'<text x="{W - PAD_R}" y="{H - 4}" class="tick" text-anchor="end">{esc(xlabel)}</text>')
     if hline is not None:
         hy = py(math.log10(hline[1]) if log_y else hline[1])
         out.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{hy:.1f}" y2="{hy:.1f}" class="hline"/>'
                    f'<text x="{W - PAD_R - 4}" y="{hy - 3:.1f}" class="tick" text-anchor="end">{esc(hline[0])}</text>')
-    for i, (label, x, y) in enumerate(clean):
-        color = COLORS[i % len(COLORS)]
+    legend = 0
+    for label, x, y, color in clean:
         if len(x) > 1500:  # keep the page small
             keep = np.linspace(0, len(x) - 1, 1500).astype(int)
             x, y = x[keep], y[keep]
@@ -87,9 +88,49 @@ def chart(title: str, lines: Sequence[tuple[str, np.ndarray, np.ndarray]], log_y
         out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.5" class="series"/>')
         if markers or len(x) == 1:
             out.extend(f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="2.5" fill="{color}"/>' for a, b in zip(x, y))
-        out.append(f'<text x="{PAD_L + 8 + 110 * i}" y="{PAD_T + 14}" class="legend" fill="{color}">{esc(label)}</text>')
+        if label:
+            out.append(f'<text x="{PAD_L + 8 + 110 * (legend % 4)}" y="{PAD_T + 14 + 13 * (legend // 4)}" '
+                       f'class="legend" fill="{color}">{esc(label)}</text>')
+            legend += 1
     out.append("</svg>")
     return "".join(out)
+
+
+def bars(title: str, names: Sequence[str], values: Sequence[float], lo: Optional[Sequence[float]] = None,
+         hi: Optional[Sequence[float]] = None, unit: str = "") -> str:
+    """A horizontal SVG bar chart, with interval whiskers when lo and hi are given."""
+    if not names:
+        return ""
+    row, left, width = 22, 170, W - 170 - 60
+    height = PAD_T + row * len(names) + 10
+    top = max(list(values) + list(hi or []))
+    bottom = min(0.0, min(list(values) + list(lo or [])))
+    scale = width / (top - bottom if top > bottom else 1.0)
+    out = [f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" '
+           f'viewBox="0 0 {W} {height}" role="img" aria-label="{esc(title)}">',
+           f'<text x="8" y="16" class="ptitle">{esc(title)}</text>']
+    for i, (name, v) in enumerate(zip(names, values)):
+        y = PAD_T + i * row
+        out.append(f'<text x="{left - 6}" y="{y + 14}" class="tick" text-anchor="end">{esc(str(name))[:28]}</text>'
+                   f'<rect x="{left}" y="{y + 3}" width="{max(1.0, (v - bottom) * scale):.1f}" height="{row - 8}" '
+                   f'fill="{COLORS[i % len(COLORS)]}" opacity="0.75"/>')
+        if lo is not None and hi is not None:
+            a, b = left + (lo[i] - bottom) * scale, left + (hi[i] - bottom) * scale
+            out.append(f'<line x1="{a:.1f}" x2="{b:.1f}" y1="{y + row / 2:.1f}" y2="{y + row / 2:.1f}" stroke="#222"/>'
+                       f'<line x1="{a:.1f}" x2="{a:.1f}" y1="{y + 5}" y2="{y + row - 5}" stroke="#222"/>'
+                       f'<line x1="{b:.1f}" x2="{b:.1f}" y1="{y + 5}" y2="{y + row - 5}" stroke="#222"/>')
+        out.append(f'<text x="{left + (max(v, (hi or values)[i]) - bottom) * scale + 4:.1f}" y="{y + 14}" '
+                   f'class="tick">{esc(fmt(v, 4))}{esc(unit)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def page(title: str, body: list[str]) -> str:
+    """A self-contained page: inline style, and a policy that allows no script and no network."""
+    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; "
+            "img-src data:\">"
+            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
 
 
 CSS = """
@@ -179,8 +220,4 @@ def render(diag) -> str:
         body.append(f"<h2>Config</h2><pre>{esc(cfg.to_yaml())}</pre>")
     for note in diag.notes:
         body.append(f'<p class="meta">note: {esc(note)}</p>')
-    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; "
-            "img-src data:\">"
-            f"<title>trainlab doctor: {esc(s.path.name)}</title><style>{CSS}</style></head><body>"
-            + "\n".join(body) + "</body></html>\n")
+    return page(f"trainlab doctor: {s.path.name}", body)

@@ -119,7 +119,7 @@ def check_resume_compatible(saved: RunConfig, new: RunConfig, run_dir: Path) -> 
 
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, fresh: bool = False,
-          log: Callable[[str], None] = print) -> dict:
+          log: Callable[[str], None] = print, on_eval: Optional[Callable[[int, dict], bool]] = None) -> dict:
     """Check everything, then train. Bad input is found before anything is written or removed."""
     from trainlab.data.prepare import prepare
 
@@ -148,6 +148,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, fresh: bool = Fal
     try:
         with run_lock(run_dir):
             trainer = Trainer(cfg, data, run_dir, log=log)
+            trainer.on_eval = on_eval
             resumed = trainer.resume() if resume else False
             if resume and not resumed:
                 log(f"warning: '{run_dir}' has no intact checkpoint; starting from step 0")

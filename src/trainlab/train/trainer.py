@@ -96,6 +96,8 @@ class Trainer:
         self.progress = Progress()
         self.total_steps = self._fixed_total_steps()
         self._stop_signal: Optional[int] = None
+        # called after each evaluation with (step, metrics); True stops the run ("pruned"), as a tuner asks
+        self.on_eval: Optional[Callable[[int, dict[str, Any]], bool]] = None
         self._warm = False
         self._apply_freeze(0)
 
@@ -446,6 +448,11 @@ class Trainer:
                 if step % cfg.train.eval_interval == 0 or at_end:
                     last_val = self._evaluate_and_sample(emit, samples, say, console)
                     val_loss = last_val["loss"]
+                    if self.on_eval is not None and self.on_eval(step, last_val) and not at_end:
+                        emit(self.row("event", kind="pruned", detail=f"stopped by the tuner at step {step}"))
+                        stop_reason = "pruned"
+                        self.save_checkpoint(val_loss)
+                        break
                     if self._early_stop_check(val_loss):
                         emit(self.row("event", kind="early_stop",
                                       detail=f"no improvement > {cfg.early_stopping.min_delta} in "

@@ -1,0 +1,238 @@
+"""trainlab ablate: a fair comparison of config variants.
+
+Every variant gets the same budget (tokens by default, so each sees the same amount of data), K
+seeds, and its own process; W worker processes split the machine's cores. A finished run leaves a
+result.json and is skipped when the sweep runs again; an interrupted one resumes from its checkpoint.
+The results: results.json, results.md (mean, std and 95% interval of the final validation loss,
+the difference from the baseline with Welch's t-test) and report.html.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from trainlab.config import RunConfig, build_config, known_keys, load_yaml, resolve, set_dotted
+from trainlab.errors import ConfigError
+
+BUDGET_KEYS = {"tokens": "train.max_tokens", "steps": "train.max_steps", "seconds": "train.max_seconds"}
+
+
+@dataclass
+class Sweep:
+    path: Path
+    preset: Optional[str]
+    config: Optional[Path]
+    base_set: dict[str, Any]
+    budget: tuple[str, float]
+    seeds: int
+    workers: int
+    baseline: str
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def load_sweep(path: Path, seeds: Optional[int] = None, workers: Optional[int] = None) -> Sweep:
+    path = Path(path)
+    doc = load_yaml(path)
+    unknown = set(doc) - {"base", "budget", "seeds", "workers", "baseline", "variants", "grid"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))}; known: base, budget, seeds, "
+                          f"workers, baseline, variants, grid")
+    base = doc.get("base") or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: 'base' must be a mapping with preset, config and set")
+    config = base.get("config")
+    if config is not None:
+        config = (path.parent / config) if not Path(config).is_absolute() else Path(config)
+    budget = doc.get("budget") or {"tokens": 1_000_000}
+    if not isinstance(budget, dict) or len(budget) != 1 or next(iter(budget)) not in BUDGET_KEYS:
+        raise ConfigError(f"{path}: 'budget' must be one of tokens: N, steps: N or seconds: N")
+    kind, amount = next(iter(budget.items()))
+    if not isinstance(amount, (int, float)) or amount <= 0:
+        raise ConfigError(f"{path}: budget {kind} must be a positive number")
+    variants: dict[str, dict[str, Any]] = {}
+    for name, over in (doc.get("variants") or {}).items():
+        if over is not None and not isinstance(over, dict):
+            raise ConfigError(f"{path}: variant '{name}' must map config keys to values")
+        variants[str(name)] = dict(over or {})
+    grid = doc.get("grid") or {}
+    if grid:
+        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+            raise ConfigError(f"{path}: 'grid' must map config keys to non-empty lists of values")
+        for combo in itertools.product(*grid.values()):
+            over = dict(zip(grid, combo))
+            variants[",".join(f"{k}={v}" for k, v in over.items())] = over
+    if not variants:
+        raise ConfigError(f"{path}: no variants (give 'variants' or 'grid')")
+    baseline = str(doc.get("baseline") or next(iter(variants)))
+    if baseline not in variants:
+        raise ConfigError(f"{path}: baseline '{baseline}' is not one of the variants")
+    sweep = Sweep(path, base.get("preset"), config, dict(base.get("set") or {}), (kind, amount),
+                  int(seeds or doc.get("seeds") or 1), int(workers or doc.get("workers") or 1), baseline, variants)
+    if sweep.seeds < 1 or sweep.workers < 1:
+        raise ConfigError("--seeds and --workers must be at least 1")
+    for name in variants:  # every variant must build: bad keys are found before anything runs
+        try:
+            variant_config(sweep, name, 0)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: variant '{name}': {err}") from None
+    return sweep
+
+
+def variant_config(sweep: Sweep, name: str, seed_index: int) -> RunConfig:
+    tree = resolve(sweep.preset, sweep.config, []).to_dict()
+    for key, value in {**sweep.base_set, **sweep.variants[name]}.items():
+        if key not in known_keys():
+            from trainlab.config import _unknown_key_message
+
+            raise ConfigError(_unknown_key_message(key))
+        set_dotted(tree, key, value)
+    for key in ("train.max_steps", "train.max_tokens", "train.max_seconds", "train.epochs"):
+        set_dotted(tree, key, None)  # the sweep's budget is the only one
+    kind, amount = sweep.budget
+    set_dotted(tree, BUDGET_KEYS[kind], float(amount) if kind == "seconds" else int(amount))
+    set_dotted(tree, "train.seed", int(tree["train"].get("seed", 1337)) + seed_index)
+    set_dotted(tree, "train.threads", max(1, (os.cpu_count() or 1) // sweep.workers))
+    return build_config(tree)
+
+
+def run_dirs(out: Path, sweep: Sweep) -> list[tuple[str, int, Path]]:
+    return [(name, k, out / "runs" / _safe(name) / f"seed-{k}") for name in sweep.variants for k in range(sweep.seeds)]
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=," else "_" for c in name)
+
+
+def _run_one(sweep: Sweep, name: str, k: int, where: Path) -> dict[str, Any]:
+    done = where / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    where.mkdir(parents=True, exist_ok=True)
+    cfg = variant_config(sweep, name, k)
+    (where / "config.in.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    run = where / "run"
+    resume = (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("step-*"))
+    cmd = [sys.executable, "-m", "trainlab", "train", "--run-dir", str(run)]
+    cmd += ["--resume"] if resume else ["--config", str(where / "config.in.yaml"), "--fresh"]
+    threads = str(cfg.train.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    with open(where / "train.log", "a", encoding="utf-8") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        return {"variant": name, "seed": k, "failed": True, "returncode": proc.returncode,
+                "log": str(where / "train.log")}
+    result = summarise_run(run) | {"variant": name, "seed": k, "seed_value": cfg.train.seed}
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(done)
+    return result
+
+
+def summarise_run(run: Path) -> dict[str, Any]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    train = [r for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "val"]
+    last = val[-1]
+    speeds = sorted(r["tokens_per_s"] for r in train[1:] if "tokens_per_s" in r) or [0.0]
+    from trainlab.doctor import diagnose
+
+    diag = diagnose(run, check_data=False)
+    top = diag.findings[0] if diag.findings else None
+    return {"run": str(run), "val_loss": last["loss"], "acc": last.get("acc"), "top5": last.get("top5"),
+            "ppl": last.get("ppl"), "tokens": last["tokens"], "steps": last["step"], "elapsed_s": last["elapsed_s"],
+            "tokens_per_s": speeds[len(speeds) // 2],
+            "curve": [[r["step"], r["tokens"], r["elapsed_s"], r["loss"]] for r in val],
+            "doctor": f"{top.id} ({top.severity})" if top else "no findings"}
+
+
+def run_sweep(sweep: Sweep, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = run_dirs(out, sweep)
+    pending = sum(not (where / "result.json").exists() for _, _, where in jobs)
+    log(f"{len(sweep.variants)} variants x {sweep.seeds} seeds = {len(jobs)} runs ({len(jobs) - pending} done "
+        f"already), budget {sweep.budget[1]:,} {sweep.budget[0]} each, {sweep.workers} worker(s)")
+    t0 = time.time()
+
+    def job(item):
+        name, k, where = item
+        res = _run_one(sweep, name, k, where)
+        status = "FAILED (see " + res["log"] + ")" if res.get("failed") else \
+            f"val loss {res['val_loss']:.4f}, {res['tokens']:,} tokens, {res['elapsed_s']:.0f} s"
+        log(f"  {name} seed {k}: {status}")
+        return res
+
+    with ThreadPoolExecutor(max_workers=sweep.workers) as pool:
+        results = list(pool.map(job, jobs))
+    summary = aggregate(sweep, results)
+    summary["wall_s"] = time.time() - t0
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    (out / "results.md").write_text(results_markdown(summary), encoding="utf-8")
+    from trainlab.experiment.report import sweep_report
+
+    (out / "report.html").write_text(sweep_report(summary), encoding="utf-8")
+    return summary
+
+
+def aggregate(sweep: Sweep, results: list[dict[str, Any]]) -> dict[str, Any]:
+    from trainlab.experiment.stats import describe, welch
+
+    by: dict[str, list[dict]] = {name: [] for name in sweep.variants}
+    for r in results:
+        if not r.get("failed"):
+            by[r["variant"]].append(r)
+    base = [r["val_loss"] for r in by[sweep.baseline]]
+    rows = []
+    for name, runs in by.items():
+        losses = [r["val_loss"] for r in runs]
+        row: dict[str, Any] = {"variant": name, "overrides": sweep.variants[name], "n": len(runs),
+                               "failed": sum(1 for r in results if r["variant"] == name and r.get("failed"))}
+        if runs:
+            row |= {"val_loss": describe(losses)}
+            for key in ("acc", "top5", "ppl", "tokens", "tokens_per_s", "elapsed_s", "steps"):
+                vals = [r[key] for r in runs if r.get(key) is not None]
+                row[key] = sum(vals) / len(vals) if vals else None
+            row["tokens_all"] = sorted({r["tokens"] for r in runs})
+            if name != sweep.baseline and base:
+                row["vs_baseline"] = welch(losses, base)
+            row["doctor"] = runs[0]["doctor"]
+        rows.append(row)
+    return {"sweep": str(sweep.path), "budget": {sweep.budget[0]: sweep.budget[1]}, "seeds": sweep.seeds,
+            "baseline": sweep.baseline, "variants": rows, "runs": results}
+
+
+def results_markdown(s: dict[str, Any]) -> str:
+    (kind, amount), = s["budget"].items()
+    lines = [f"# Sweep {s['sweep']}", "",
+             f"Budget: {amount:,} {kind} per run; {s['seeds']} seed(s) per variant; baseline `{s['baseline']}`. "
+             f"Validation loss in nats per token on each run's fixed validation subset; the interval is a 95% "
+             f"t-interval over seeds; p is Welch's t-test against the baseline.", "",
+             "| variant | val loss (mean ± std) | 95% interval | Δ vs baseline | p | acc | top-5 | ppl | tokens | "
+             "tokens/s | time (s) | doctor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(s["variants"], key=lambda r: r.get("val_loss", {}).get("mean", math.inf)):
+        if not r["n"]:
+            lines.append(f"| {r['variant']} | failed | | | | | | | | | | |")
+            continue
+        d = r["val_loss"]
+        vs = r.get("vs_baseline")
+        delta = f"{vs['diff']:+.4f}" if vs else "(baseline)"
+        p = ("n/a" if vs["p"] is None else f"{vs['p']:.3g}") if vs else ""
+        tokens = "/".join(f"{t:,}" for t in r["tokens_all"])
+        lines.append(f"| {r['variant']} | {d['mean']:.4f} ± {d['std']:.4f} | [{d['lo']:.4f}, {d['hi']:.4f}] | {delta} | "
+                     f"{p} | {r['acc']:.3f} | {r['top5']:.3f} | {r['ppl']:.2f} | {tokens} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['elapsed_s']:.0f} | {r['doctor']} |")
+    tokens = {t for r in s["variants"] for t in r.get("tokens_all", [])}
+    lines += ["", "All runs saw the same number of tokens." if len(tokens) == 1 else
+              f"Runs saw different token counts ({', '.join(f'{t:,}' for t in sorted(tokens))}): the budget is not a "
+              f"multiple of every variant's tokens per step, or the budget is in steps or seconds."]
+    return "\n".join(lines) + "\n"

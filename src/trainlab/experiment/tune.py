@@ -1,0 +1,129 @@
+"""trainlab tune: an Optuna study over a search space in YAML.
+
+TPE sampling; a median or Hyperband pruner fed the validation loss at each evaluation; a journal file
+in the output directory as the default storage, so several `trainlab tune` processes (on one machine,
+or on several sharing a file system or a database URL) work on one study: the total number of
+finished trials is capped at --trials across all of them.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+from trainlab.config import RunConfig, build_config, known_keys, load_yaml, resolve, set_dotted
+from trainlab.errors import ConfigError
+from trainlab.experiment.ablate import BUDGET_KEYS
+
+
+def load_space(path: Path) -> dict[str, Any]:
+    doc = load_yaml(path)
+    params = doc.get("params")
+    if not isinstance(params, dict) or not params:
+        raise ConfigError(f"{path}: 'params' must map config keys to ranges ({{low, high, log}}) or {{choices: [...]}}")
+    for key, spec in params.items():
+        if key not in known_keys():
+            from trainlab.config import _unknown_key_message
+
+            raise ConfigError(f"{path}: {_unknown_key_message(key)}")
+        if not isinstance(spec, dict) or not ("choices" in spec or {"low", "high"} <= set(spec)):
+            raise ConfigError(f"{path}: '{key}' needs low and high, or choices")
+        if "choices" not in spec and not spec["low"] < spec["high"]:
+            raise ConfigError(f"{path}: '{key}': low must be below high")
+    budget = doc.get("budget") or {}
+    if budget and (len(budget) != 1 or next(iter(budget)) not in BUDGET_KEYS):
+        raise ConfigError(f"{path}: 'budget' must be one of tokens: N, steps: N or seconds: N")
+    pruner = doc.get("pruner", "median")
+    if pruner not in ("median", "hyperband", "none"):
+        raise ConfigError(f"{path}: pruner must be median, hyperband or none")
+    return {"params": params, "budget": budget, "pruner": pruner, "study": doc.get("study") or Path(path).stem,
+            "set": dict(doc.get("set") or {})}
+
+
+def suggest(trial, key: str, spec: dict[str, Any]) -> Any:
+    if "choices" in spec:
+        return trial.suggest_categorical(key, list(spec["choices"]))
+    low, high = spec["low"], spec["high"]
+    if spec.get("type") == "int" or (isinstance(low, int) and isinstance(high, int) and not spec.get("log")):
+        return trial.suggest_int(key, int(low), int(high), log=bool(spec.get("log")))
+    return trial.suggest_float(key, float(low), float(high), log=bool(spec.get("log")))
+
+
+def trial_config(base: dict[str, Any], space: dict[str, Any], values: dict[str, Any]) -> RunConfig:
+    tree = copy.deepcopy(base)
+    for key, value in {**space["set"], **values}.items():
+        set_dotted(tree, key, value)
+    if space["budget"]:
+        for key in BUDGET_KEYS.values():
+            set_dotted(tree, key, None)
+        set_dotted(tree, "train.epochs", None)
+        (kind, amount), = space["budget"].items()
+        set_dotted(tree, BUDGET_KEYS[kind], float(amount) if kind == "seconds" else int(amount))
+    return build_config(tree)
+
+
+def open_storage(storage: Optional[str], out: Path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if storage is None or storage.startswith("journal:") or storage.endswith(".log"):
+        path = Path(storage[len("journal:"):] if storage and storage.startswith("journal:") else
+                    (storage or out / "journal.log"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path))), str(path)
+    return optuna.storages.RDBStorage(storage), storage  # e.g. postgresql://user@host/db
+
+
+def tune(space_path: Path, preset: Optional[str], config: Optional[Path], sets: list[str], trials: int,
+         storage: Optional[str], out: Path, log=print) -> dict[str, Any]:
+    import optuna
+
+    from trainlab.train import run as run_mod
+
+    space = load_space(space_path)
+    base = resolve(preset or (None if config else "shakespeare-char"), config, sets).to_dict()
+    trial_config(base, space, {})  # bad keys or values fail here, before any trial
+    out.mkdir(parents=True, exist_ok=True)
+    store, where = open_storage(storage, out)
+    pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+              "hyperband": optuna.pruners.HyperbandPruner(), "none": optuna.pruners.NopPruner()}[space["pruner"]]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=space["study"], storage=store, direction="minimize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(n_startup_trials=min(5, trials)), pruner=pruner)
+    log(f"study '{space['study']}' in {where}: {len(study.trials)} trial(s) so far, up to {trials} in all")
+
+    def objective(trial) -> float:
+        values = {k: suggest(trial, k, spec) for k, spec in space["params"].items()}
+        cfg = trial_config(base, space, values)
+        run_dir = out / "trials" / f"trial-{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("pid", os.getpid())
+
+        def report(step: int, val: dict) -> bool:
+            trial.report(val["loss"], step)
+            return trial.should_prune()
+
+        result = run_mod.train(cfg, run_dir, fresh=True, log=lambda s: None, on_eval=report)
+        log(f"  trial {trial.number}: {values} -> val loss {result['val']['loss']:.4f}"
+            + (" (pruned)" if result["stop_reason"] == "pruned" else ""))
+        if result["stop_reason"] == "pruned":
+            raise optuna.TrialPruned()
+        return float(result["val"]["loss"])
+
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    study.optimize(objective, n_trials=trials, catch=(),
+                   callbacks=[optuna.study.MaxTrialsCallback(trials, states=done)])
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not finished:
+        raise ConfigError("no trial finished (all pruned or failed)")
+    best = study.best_trial
+    best_run = Path(best.user_attrs["run_dir"])
+    shutil.copy(best_run / "config.yaml", out / "best.yaml")
+    return {"study": space["study"], "storage": where, "best": {"number": best.number, "value": best.value,
+            "params": best.params, "run_dir": str(best_run)},
+            "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+                        "pid": t.user_attrs.get("pid")} for t in study.trials]}

@@ -1,0 +1,77 @@
+"""ablate and tune: real (tiny) runs through the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import cli
+
+SWEEP = {
+    "base": {"preset": "tiny", "set": {"train.eval_interval": 10, "train.sample_tokens": 0}},
+    "budget": {"tokens": 3840},  # 30 steps of 4 x 32 tokens, 15 of 8 x 32
+    "seeds": 2,
+    "baseline": "baseline",
+    "variants": {"baseline": {}, "big_batch": {"train.batch_size": 8}, "high_lr": {"optim.lr": 0.03}},
+}
+
+
+def test_ablate_equal_tokens_statistics_and_skip_on_rerun(tmp_path):
+    sweep, out = tmp_path / "sweep.yaml", tmp_path / "out"
+    sweep.write_text(yaml.safe_dump(SWEEP))
+    first = cli("ablate", str(sweep), "--out", str(out), "--workers", "2").stdout
+    summary = json.loads((out / "results.json").read_text())
+    runs = summary["runs"]
+    assert len(runs) == 6 and not any(r.get("failed") for r in runs)
+    assert {r["tokens"] for r in runs} == {3840}  # equal data exposure
+    assert {r["steps"] for r in runs if r["variant"] == "big_batch"} == {15}
+    assert sorted({r["seed_value"] for r in runs}) == [1337, 1338]
+    from scipy import stats
+
+    rows = {v["variant"]: v for v in summary["variants"]}
+    base = rows["baseline"]["val_loss"]["values"]
+    high = rows["high_lr"]["val_loss"]["values"]
+    assert base[0] != base[1]  # two seeds, two results
+    expected = stats.ttest_ind(high, base, equal_var=False).pvalue
+    assert rows["high_lr"]["vs_baseline"]["p"] == pytest.approx(expected)
+    assert rows["high_lr"]["vs_baseline"]["diff"] == pytest.approx(sum(high) / 2 - sum(base) / 2)
+    md = (out / "results.md").read_text()
+    assert "| baseline |" in md and "All runs saw the same number of tokens." in md
+    assert "| variant | val loss (mean ± std) | 95% interval |" in first
+    html = (out / "report.html").read_text()
+    assert html.count("<svg") == 4 and "high_lr" in html
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
+    again = cli("ablate", str(sweep), "--out", str(out)).stdout
+    assert "(6 done already)" in again
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("result.json")} == stamps
+
+
+SPACE = {"params": {"optim.lr": {"low": 1e-3, "high": 3e-2, "log": True}},
+         "budget": {"steps": 12}, "pruner": "median", "set": {"train.eval_interval": 4, "train.sample_tokens": 0}}
+
+
+def test_two_tune_processes_share_one_study(tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    space, out = tmp_path / "space.yaml", tmp_path / "out"
+    space.write_text(yaml.safe_dump(SPACE))
+    cmd = [sys.executable, "-m", "trainlab", "tune", str(space), "--preset", "tiny", "--trials", "6", "--out", str(out)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (o, e) in zip(procs, outputs):
+        assert p.returncode == 0, e
+    study = optuna.load_study(study_name="space", storage=JournalStorage(JournalFileBackend(str(out / "journal.log"))))
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    # the cap is checked after each trial, so each process may start one more before it sees the total
+    assert 6 <= len(finished) <= 7
+    assert len({t.user_attrs["pid"] for t in finished}) == 2  # both processes contributed
+    assert all(1e-3 <= t.params["optim.lr"] <= 3e-2 for t in finished)
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["optim"]["lr"] == pytest.approx(study.best_trial.params["optim.lr"])
+    assert any("best: trial" in o for o, _ in outputs)
