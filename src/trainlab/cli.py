@@ -45,6 +45,11 @@ def train(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set_:
         if not preset and not config:
             preset = "shakespeare-char"
         cfg = resolve(preset, config, list(set_ or []))
+    from trainlab.train import distributed
+
+    dist = distributed.from_env()
+    if dist.active and run_dir is None:
+        raise TrainlabError("under torchrun give --run-dir, so that every process writes to the same run")
     run_dir = run_dir or run_mod.new_run_dir(cfg.preset or (config.stem if config else None))
     from trainlab.train.trainer import Diverged
 
@@ -53,6 +58,8 @@ def train(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set_:
     except Diverged as err:
         print(f"error: training diverged: {err}; checkpoints are intact", file=sys.stderr)
         raise typer.Exit(1)
+    if not dist.main:
+        return
     val = result.get("val") or {}
     bits = next(((k, val[k]) for k in ("bits_per_char", "bits_per_byte", "bits_per_token") if k in val), None)
     summary = f"done: {result['stop_reason']} at step {result['step']} ({result['tokens']:,} tokens, {result['elapsed_s']:.1f} s)"

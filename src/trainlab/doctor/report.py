@@ -97,14 +97,16 @@ def chart(title: str, lines: Sequence[tuple], log_y: bool = False, hline: Option
 
 
 def bars(title: str, names: Sequence[str], values: Sequence[float], lo: Optional[Sequence[float]] = None,
-         hi: Optional[Sequence[float]] = None, unit: str = "") -> str:
-    """A horizontal SVG bar chart, with interval whiskers when lo and hi are given."""
+         hi: Optional[Sequence[float]] = None, unit: str = "", from_zero: bool = True) -> str:
+    """A horizontal SVG bar chart, with interval whiskers when lo and hi are given; from_zero=False starts
+    the axis just below the smallest value, so that close values (losses) can be told apart."""
     if not names:
         return ""
     row, left, width = 22, 170, W - 170 - 60
     height = PAD_T + row * len(names) + 10
     top = max(list(values) + list(hi or []))
-    bottom = min(0.0, min(list(values) + list(lo or [])))
+    low = min(list(values) + list(lo or []))
+    bottom = min(0.0, low) if from_zero else low - 0.15 * (top - low if top > low else abs(low) or 1.0)
     scale = width / (top - bottom if top > bottom else 1.0)
     out = [f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" '
            f'viewBox="0 0 {W} {height}" role="img" aria-label="{esc(title)}">',
@@ -120,7 +122,7 @@ def bars(title: str, names: Sequence[str], values: Sequence[float], lo: Optional
                        f'<line x1="{a:.1f}" x2="{a:.1f}" y1="{y + 5}" y2="{y + row - 5}" stroke="#222"/>'
                        f'<line x1="{b:.1f}" x2="{b:.1f}" y1="{y + 5}" y2="{y + row - 5}" stroke="#222"/>')
         out.append(f'<text x="{left + (max(v, (hi or values)[i]) - bottom) * scale + 4:.1f}" y="{y + 14}" '
-                   f'class="tick">{esc(fmt(v, 4))}{esc(unit)}</text>')
+                   f'class="tick">{esc(fmt(v, 4) if abs(v) < 100 else f"{v:,.0f}")}{esc(unit)}</text>')
     out.append("</svg>")
     return "".join(out)
 

@@ -42,7 +42,7 @@ def sweep_report(s: dict[str, Any]) -> str:
              chart("convergence: validation loss by wall-clock seconds", by_time, xlabel="seconds"),
              bars("final validation loss (mean, 95% interval)", [v["variant"] for v in order],
                   [v["val_loss"]["mean"] for v in order], [v["val_loss"]["lo"] for v in order],
-                  [v["val_loss"]["hi"] for v in order]),
+                  [v["val_loss"]["hi"] for v in order], from_zero=False),
              bars("efficiency: training tokens per second", [v["variant"] for v in order],
                   [v["tokens_per_s"] for v in order]),
              "</div>"]

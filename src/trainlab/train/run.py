@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -120,13 +121,33 @@ def check_resume_compatible(saved: RunConfig, new: RunConfig, run_dir: Path) -> 
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, fresh: bool = False,
           log: Callable[[str], None] = print, on_eval: Optional[Callable[[int, dict], bool]] = None) -> dict:
-    """Check everything, then train. Bad input is found before anything is written or removed."""
-    from trainlab.data.prepare import prepare
+    """Check everything, then train. Bad input is found before anything is written or removed.
 
-    prepare_run_dir(run_dir, resume, fresh)
-    if resume:
-        check_resume_compatible(build_config(saved_config(run_dir)), cfg, run_dir)
-    data = prepare(cfg.data, cfg.model.seq_len, log=log)
+    Under torchrun every process runs this; rank 0 alone checks and writes the run directory."""
+    from trainlab.data.prepare import prepare
+    from trainlab.train import distributed, hardware
+
+    dist = distributed.from_env()
+    distributed.init(dist, hardware.resolve_device(cfg.train.device).type)
+    if not dist.main:
+        log = lambda s: None  # noqa: E731
+    try:
+        return _train(cfg, run_dir, resume, fresh, log, on_eval, dist, prepare)
+    finally:
+        distributed.shutdown(dist)
+
+
+def _train(cfg, run_dir, resume, fresh, log, on_eval, dist, prepare) -> dict:
+    from trainlab.train import distributed
+
+    if dist.main:
+        prepare_run_dir(run_dir, resume, fresh)
+        if resume:
+            check_resume_compatible(build_config(saved_config(run_dir)), cfg, run_dir)
+        data = prepare(cfg.data, cfg.model.seq_len, log=log)
+    distributed.barrier(dist)  # the others find the data cache ready
+    if not dist.main:
+        data = prepare(cfg.data, cfg.model.seq_len, log=log)
     cfg = cfg.with_vocab_size(data.tokenizer.vocab_size)
     if resume:
         tok_path = run_dir / "tokenizer.json"
@@ -144,33 +165,38 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, fresh: bool = Fal
         torch.set_num_threads(cfg.train.threads)
     created = not run_dir.exists()
     started = False
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(dist)
     try:
-        with run_lock(run_dir):
-            trainer = Trainer(cfg, data, run_dir, log=log)
+        with (run_lock(run_dir) if dist.main else contextlib.nullcontext()):
+            trainer = Trainer(cfg, data, run_dir, log=log, dist=dist)
             trainer.on_eval = on_eval
             resumed = trainer.resume() if resume else False
             if resume and not resumed:
                 log(f"warning: '{run_dir}' has no intact checkpoint; starting from step 0")
-            if not resumed:
+            distributed.barrier(dist)
+            if not resumed and cfg.init_from:  # every process, so all start from the same weights
+                try:
+                    trainer.load_model_state(init_weights)
+                except (ValueError, RuntimeError):
+                    raise ConfigError(f"init_from '{cfg.init_from}': its weights do not fit this model's shape") from None
+            if dist.main and not resumed:
                 clear_run(run_dir)
-                if cfg.init_from:
-                    try:
-                        trainer.load_model_state(init_weights)
-                    except (ValueError, RuntimeError):
-                        raise ConfigError(f"init_from '{cfg.init_from}': its weights do not fit this model's shape") from None
                 (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
                 data.tokenizer.save(run_dir / "tokenizer.json")
-            else:
+            elif dist.main:
                 truncate_after(run_dir / "metrics.jsonl", trainer.progress.step)
                 truncate_after(run_dir / "samples.jsonl", trainer.progress.step)
-            write_env(run_dir, {"device": str(trainer.device), "precision": trainer.precision,
-                                "data_cache": str(data.directory)})
+            if dist.main:
+                write_env(run_dir, {"device": str(trainer.device), "precision": trainer.precision,
+                                    "data_cache": str(data.directory), "world_size": dist.world})
+            distributed.barrier(dist)
             log(f"run {run_dir} | {cfg.task} | {trainer.model.num_params() / 1e6:.2f}M parameters | device "
                 f"{trainer.device} | precision {trainer.precision} | vocab {cfg.model.vocab_size}")
             log(f"train {len(data.train):,} tokens, val {len(data.val):,} tokens | effective batch "
-                f"{cfg.train.batch_size} x {cfg.train.grad_accum} x {cfg.model.seq_len} = "
-                f"{cfg.tokens_per_step:,} tokens/step")
+                f"{cfg.train.batch_size} x {cfg.train.grad_accum} x {cfg.model.seq_len}"
+                + (f" x {dist.world} processes" if dist.active else "") + f" = {trainer.tokens_per_step:,} tokens/step")
             started = True
             result = trainer.fit(resumed=resumed)
     except TrainlabError:

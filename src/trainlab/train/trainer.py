@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 import signal
@@ -19,7 +20,7 @@ from trainlab.data.prepare import Prepared, Windows, eval_starts
 from trainlab.generate import generate
 from trainlab.models.gpt import GPT
 from trainlab.monitor.sinks import Console, JsonlSink, TensorBoardSink
-from trainlab.train import hardware
+from trainlab.train import distributed, hardware
 from trainlab.train.checkpoint import CheckpointManager
 from trainlab.train.schedules import lr_multiplier
 
@@ -80,17 +81,31 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, data: Prepared, run_dir: Path, log: Callable[[str], None] = print):
-        self.cfg, self.data, self.run_dir, self.log = cfg, data, Path(run_dir), log
+    def __init__(self, cfg: RunConfig, data: Prepared, run_dir: Path, log: Callable[[str], None] = print,
+                 dist: distributed.Dist = distributed.Dist()):
+        self.cfg, self.data, self.run_dir, self.log, self.dist = cfg, data, Path(run_dir), log, dist
         self.device = hardware.resolve_device(cfg.train.device)
+        if dist.active and self.device.type == "cuda":
+            self.device = torch.device("cuda", dist.local_rank)
         self.precision = hardware.resolve_precision(cfg.train.precision, self.device)
         torch.manual_seed(cfg.train.seed)
         self.model = GPT(cfg.model).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        self.train_forward = self.forward
+        if dist.active:  # gradients averaged across processes; each process sees its share of the batch
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [dist.local_rank] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+            self.train_forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
+            torch.manual_seed(cfg.train.seed + dist.rank)  # distinct dropout masks per process
+        self.tokens_per_step = cfg.tokens_per_step * dist.world  # all processes together
         self.windows = Windows(data.train, cfg.model.seq_len, cfg.train.seed)
-        self.val_starts = eval_starts(len(data.val), cfg.model.seq_len, cfg.train.eval_batches * cfg.train.batch_size)
+        # the fixed validation subset: eval_batches global batches, shared out among the processes
+        self.val_starts = eval_starts(len(data.val), cfg.model.seq_len,
+                                      cfg.train.eval_batches * cfg.train.batch_size * dist.world)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.checkpoint.keep_last,
                                              cfg.checkpoint.save_top_k, log=log)
         self.progress = Progress()
@@ -104,14 +119,14 @@ class Trainer:
     # -- budgets ------------------------------------------------------------------------------------
     def _fixed_total_steps(self) -> Optional[int]:
         t = self.cfg.train
-        per_step = self.cfg.tokens_per_step
+        per_step = self.tokens_per_step
         candidates = []
         if t.max_steps:
             candidates.append(t.max_steps)
         if t.max_tokens:
             candidates.append(math.ceil(t.max_tokens / per_step))
         if t.epochs:
-            candidates.append(math.ceil(t.epochs * self.windows.per_epoch / (t.batch_size * t.grad_accum)))
+            candidates.append(math.ceil(t.epochs * self.windows.per_epoch / (t.batch_size * t.grad_accum * self.dist.world)))
         return min(candidates) if candidates else None
 
     def fraction_done(self) -> float:
@@ -174,10 +189,16 @@ class Trainer:
     def load_model_state(self, weights: dict[str, torch.Tensor]) -> None:
         self.model.load_weights(weights)
 
-    def save_checkpoint(self, val_loss: Optional[float] = None) -> Path:
-        meta = {"tokens": self.progress.tokens, "elapsed_s": self.progress.elapsed_s,
-                "config": self.cfg.to_dict(), "tokenizer": self.data.tokenizer.fingerprint}
-        return self.checkpoints.save(self.progress.step, self.model_state(), self.state_dict(), meta, val_loss)
+    def save_checkpoint(self, val_loss: Optional[float] = None) -> Optional[Path]:
+        """Rank 0 writes; every process waits until the checkpoint is on disk."""
+        path = None
+        if self.dist.main:
+            meta = {"tokens": self.progress.tokens, "elapsed_s": self.progress.elapsed_s,
+                    "config": self.cfg.to_dict(), "tokenizer": self.data.tokenizer.fingerprint,
+                    "world_size": self.dist.world}
+            path = self.checkpoints.save(self.progress.step, self.model_state(), self.state_dict(), meta, val_loss)
+        distributed.barrier(self.dist)
+        return path
 
     def resume(self) -> bool:
         step = self.checkpoints.latest_good()
@@ -230,14 +251,18 @@ class Trainer:
         data_s = 0.0
         for micro in range(t.grad_accum):
             d0 = time.perf_counter()
-            first = (step * t.grad_accum + micro) * t.batch_size
+            # the global micro-batch is batch_size x world windows; this process takes its slice
+            first = ((step * t.grad_accum + micro) * self.dist.world + self.dist.rank) * t.batch_size
             x, y = self._batch(np.arange(first, first + t.batch_size))
             data_s += time.perf_counter() - d0
-            with self._autocast():
-                logits = self.forward(x)
-            loss = self.loss_fn(logits, y) / t.grad_accum
+            sync = not self.dist.active or micro == t.grad_accum - 1
+            with self._autocast(), (contextlib.nullcontext() if sync else self.ddp.no_sync()):
+                logits = self.train_forward(x)
+                loss = self.loss_fn(logits, y) / t.grad_accum
             self.scaler.scale(loss).backward()
             total_loss += loss.detach()
+        if self.dist.active:  # the loss every process logs and guards on: the mean over processes
+            total_loss = distributed.all_reduce(total_loss, self.dist) / self.dist.world
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.requires_grad]
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
@@ -265,7 +290,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step += 1
-        self.progress.tokens += self.cfg.tokens_per_step
+        self.progress.tokens += self.tokens_per_step
         return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "clipped": clipped,
                 "finite": finite, "spike": spike, "data_s": data_s, **extra}
 
@@ -309,7 +334,8 @@ class Trainer:
         seq_len, bs = self.cfg.model.seq_len, self.cfg.train.batch_size
         source = self.data.val if tokens is None else tokens
         starts = self.val_starts if tokens is None else eval_starts(len(tokens), seq_len,
-                                                                    self.cfg.train.eval_batches * bs)
+                                                                    self.cfg.train.eval_batches * bs * self.dist.world)
+        starts = starts[self.dist.rank::self.dist.world]  # each process scores its share; sums are added up
         nll = correct = top5 = conf = entropy = count = 0.0
         bins = torch.linspace(0, 1, 16)
         bin_conf, bin_acc, bin_count = torch.zeros(15), torch.zeros(15), torch.zeros(15)
@@ -335,6 +361,12 @@ class Trainer:
             bin_acc += torch.bincount(which, hit.flatten().cpu(), minlength=15)
             count += y.numel()
         self.model.train()
+        if self.dist.active:
+            sums = torch.tensor([nll, correct, top5, conf, entropy, count], dtype=torch.float64)
+            sums = distributed.all_reduce(sums.to(self.device), self.dist).cpu().tolist()
+            nll, correct, top5, conf, entropy, count = sums
+            binned = distributed.all_reduce(torch.stack([bin_conf, bin_acc]).to(self.device), self.dist).cpu()
+            bin_conf, bin_acc = binned[0], binned[1]
         loss = nll / count
         row = {"loss": loss, "ppl": math.exp(min(loss, 700)), "bits_per_token": loss * LOG2E,
                "acc": correct / count, "top5": top5 / count, "confidence": conf / count,
@@ -373,10 +405,14 @@ class Trainer:
 
     def fit(self, resumed: bool = False) -> dict[str, Any]:
         cfg = self.cfg
-        metrics = JsonlSink(self.run_dir / "metrics.jsonl")
-        samples = JsonlSink(self.run_dir / "samples.jsonl")
-        tb = TensorBoardSink(self.run_dir / "tb", purge_step=self.progress.step + 1 if resumed else None)
-        console = Console(self.total_steps)
+        if self.dist.main:
+            metrics = JsonlSink(self.run_dir / "metrics.jsonl")
+            samples = JsonlSink(self.run_dir / "samples.jsonl")
+            tb = TensorBoardSink(self.run_dir / "tb", purge_step=self.progress.step + 1 if resumed else None)
+            console = Console(self.total_steps)
+        else:
+            metrics = samples = tb = distributed.NullSink()
+            console = distributed.QuietConsole()
         sinks = [metrics, tb]
 
         def emit(row: dict[str, Any]) -> None:
@@ -390,7 +426,7 @@ class Trainer:
             emit(self.row("event", kind="resume", detail=f"resumed from step {self.progress.step}"))
         from trainlab.experiment.estimate import peak_flops
 
-        self.peak = cfg.train.peak_flops or peak_flops(self.precision, self.device)
+        self.peak = cfg.train.peak_flops or (peak_flops(self.precision, self.device) if self.dist.main else 1.0)
         self.flops_per_token = self.model.flops_per_token()
         old_handlers = self._install_signal_handlers()
         last_val: Optional[dict] = None
@@ -404,7 +440,9 @@ class Trainer:
                 if self._warm or not cfg.train.compile:
                     self.progress.elapsed_s += dt  # the first compiled step is warm-up, not training
                 self._warm = True
-                window_tokens += cfg.tokens_per_step
+                if self.dist.active:
+                    self._agree()
+                window_tokens += self.tokens_per_step
                 if not out["finite"] or out["spike"]:
                     what = "loss spike" if out["spike"] else "non-finite loss or gradient"
                     emit(self.row("event", kind="spike_skip" if out["spike"] else "nonfinite_skip",
@@ -486,7 +524,7 @@ class Trainer:
     def _evaluate_and_sample(self, emit, samples, say, console) -> dict:
         t0 = time.perf_counter()
         val = self.evaluate()
-        if self.cfg.train.sample_tokens:
+        if self.cfg.train.sample_tokens and self.dist.main:
             samples.write({"step": self.progress.step, **self.sample(self.cfg.train.sample_tokens)})
         dt = time.perf_counter() - t0
         if getattr(self, "_eval_warm", False) or not self.cfg.train.compile:
@@ -498,6 +536,14 @@ class Trainer:
         unit = "bits/char" if "bits_per_char" in val else ("bits/byte" if "bits_per_byte" in val else "bits/token")
         say(f"step {self.progress.step:>6} | val loss {val['loss']:.4f} | {bits:.3f} {unit} | acc {val['acc']:.3f}")
         return {**val, "step": self.progress.step}
+
+    def _agree(self) -> None:
+        """Processes share one clock (the slowest) and one stop signal, so they stop on the same step."""
+        t = torch.tensor([self.progress.elapsed_s, float(self._stop_signal or 0)], dtype=torch.float64)
+        t = distributed.all_reduce(t.to(self.device), self.dist, "max").cpu()
+        self.progress.elapsed_s = float(t[0])
+        if t[1] > 0 and self._stop_signal is None:
+            self._stop_signal = int(t[1])
 
     def _early_stop_check(self, val_loss: float) -> bool:
         es = self.cfg.early_stopping
