@@ -44,7 +44,9 @@ def activation_bytes(cfg: RunConfig, precision: str, checkpointing: bool = False
     halves and rotary outputs of q and k (4 d), the attention output and its reshaped copy (2 d),
     the residual stream (1 d), gate/up output, SiLU output and their product (4 h): 14 d + 4 h
     values. During backward about one more layer's worth of gradients is alive. The logits add V
-    values at the run's precision plus an fp32 log-softmax and its gradient for the loss. With
+    values at the run's precision, and the loss three fp32 tensors of V per token that are alive
+    together in backward: the saved log-softmax, the gradient of the log-probabilities (from the NLL)
+    and the gradient of the logits. With
     activation checkpointing only each block's input is kept, plus one block recomputed at a time.
     Checked against measured peak RSS by bench/estimate_accuracy.py.
     """
@@ -54,7 +56,7 @@ def activation_bytes(cfg: RunConfig, precision: str, checkpointing: bool = False
     per_layer = (14 * m.d_model + 4 * m.ffn_hidden_size) * b
     layers = (m.n_layer * m.d_model * b + per_layer) if checkpointing else m.n_layer * per_layer
     in_flight = per_layer  # gradients of one layer's activations during backward
-    logits = (m.vocab_size or 0) * (b + 4 + 4)
+    logits = (m.vocab_size or 0) * (b + 3 * 4)
     return tokens * (layers + in_flight + logits + m.d_model * 4)
 
 
