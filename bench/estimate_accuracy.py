@@ -4,7 +4,7 @@ Each shape trains in a fresh process (eager, the machine's auto precision) so on
 next. Memory on CPU: the rise of peak RSS during training over the RSS just before the first step
 (weights already allocated), compared with the estimate's gradients + optimizer state + activations. On a GPU:
 torch.cuda.max_memory_allocated against the estimate's total. Step time: the estimate without
---measure against the median of 10 timed steps.
+--measure (from a matmul peak probed in the same process) against the median of 10 timed steps.
 
     python bench/estimate_accuracy.py
 """
@@ -40,7 +40,12 @@ data = prepare(cfg.data, cfg.model.seq_len, log=lambda s: None)
 cfg = cfg.with_vocab_size(data.tokenizer.vocab_size)
 device = hardware.resolve_device(cfg.train.device)
 precision = hardware.resolve_precision(cfg.train.precision, device)
-est = estimate(cfg, precision, device, len(data.train))
+# the matmul peak is probed afresh (a temporary cache), as on a machine's first run: this machine's speed drifts
+# by 20-30% between hours, and a probe cached at another time would measure that drift, not the model
+import functools
+import trainlab.experiment.estimate as E
+E.peak_flops = functools.partial(E.peak_flops, cache_dir=Path(tempfile.mkdtemp()))
+est = E.estimate(cfg, precision, device, len(data.train))
 trainer = Trainer(cfg, data, Path(tempfile.mkdtemp()), log=lambda s: None)
 import gc; gc.collect()
 before = rss_now()
