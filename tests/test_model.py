@@ -64,20 +64,9 @@ def test_logits_match_transformers_llama_on_the_same_weights():
                                       rope_theta=cfg.rope_theta, tie_word_embeddings=False,
                                       attention_bias=False, mlp_bias=False)
     hf = transformers.LlamaForCausalLM(hf_cfg).eval()
-    ours = model.state_dict()
-    mapped = {"model.embed_tokens.weight": ours["embed.weight"], "model.norm.weight": ours["norm.weight"],
-              "lm_head.weight": ours["lm_head.weight"]}
-    for i in range(cfg.n_layer):
-        p = f"blocks.{i}."
-        q = f"model.layers.{i}."
-        mapped[q + "input_layernorm.weight"] = ours[p + "attn_norm.weight"]
-        mapped[q + "post_attention_layernorm.weight"] = ours[p + "mlp_norm.weight"]
-        for name, w in zip(("q_proj", "k_proj", "v_proj"), ours[p + "attn.qkv_proj.weight"].chunk(3)):
-            mapped[q + f"self_attn.{name}.weight"] = w
-        mapped[q + "self_attn.o_proj.weight"] = ours[p + "attn.o_proj.weight"]
-        for name, w in zip(("gate_proj", "up_proj"), ours[p + "mlp.gate_up_proj.weight"].chunk(2)):
-            mapped[q + f"mlp.{name}.weight"] = w
-        mapped[q + "mlp.down_proj.weight"] = ours[p + "mlp.down_proj.weight"]
+    from trainlab.export import to_llama
+
+    mapped = to_llama(model.state_dict(), cfg)  # the exporter's mapping: q/k/v and gate/up split one-to-one
     missing, unexpected = hf.load_state_dict(mapped, strict=False)
     assert not unexpected and all("rotary" in m for m in missing)
     x = torch.randint(0, cfg.vocab_size, (2, 16))

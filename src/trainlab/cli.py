@@ -244,6 +244,18 @@ def tune(space: Path = typer.Argument(..., help="A search space YAML: params, bu
     print(summary(diag))
 
 
+@app.command()
+def export(run: Path = typer.Argument(..., help="A run directory."),
+           format_: str = typer.Option("hf", "--format", help="hf: a transformers directory (Llama for a causal LM)."),
+           out: Path = typer.Option(..., "--out", help="The directory to create.")) -> None:
+    """Export a run's best checkpoint for other tools."""
+    from trainlab.export import export_hf
+
+    if format_ != "hf":
+        raise TrainlabError(f"--format {format_!r}: only 'hf' is supported")
+    print(export_hf(run, out))
+
+
 @data_app.command("list")
 def data_list() -> None:
     """The bundled corpora."""
