@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from conftest import cli
@@ -38,3 +39,24 @@ def test_export_refuses_a_non_empty_directory(tmp_path):
     proc = cli("export", str(run), "--out", str(out), check=False)
     assert proc.returncode == 2 and "is not empty" in proc.stderr
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+
+
+def test_init_from_an_exported_transformers_directory(tmp_path):
+    """The other way: a new run starts from a Llama directory's weights (here one trainlab exported)."""
+    from trainlab.export import load_transformers_dir
+    from trainlab.inference import load_run
+
+    run, out, new = tmp_path / "run", tmp_path / "hf", tmp_path / "new"
+    cli("train", "--preset", "tiny", "--set", "train.max_steps=20", "--run-dir", str(run))
+    cli("export", str(run), "--out", str(out))
+    weights = load_transformers_dir(out)
+    original = load_run(run).model.state_dict()
+    for k, v in weights.items():
+        assert torch.equal(v, original[k]), k
+    cli("train", "--preset", "tiny", "--set", f"init_from={out}", "--set", "train.max_steps=1",
+        "--set", "optim.lr=1e-12", "--set", "train.eval_interval=1", "--run-dir", str(new))
+    rows = [json.loads(x) for x in (new / "metrics.jsonl").read_text().splitlines()]
+    first_val = next(r for r in rows if r["split"] == "val")
+    base = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    last_val = [r for r in base if r["split"] == "val"][-1]
+    assert first_val["loss"] == pytest.approx(last_val["loss"], abs=1e-4)  # starts where the source ended

@@ -77,3 +77,46 @@ def export_hf(run_dir: Path, out: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def from_llama(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
+    """Llama's names to ours: q/k/v and gate/up fused back into one matrix each."""
+    out = {"embed.weight": state["model.embed_tokens.weight"], "norm.weight": state["model.norm.weight"]}
+    if "lm_head.weight" in state:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    for i in range(n_layer):
+        p, q = f"blocks.{i}.", f"model.layers.{i}."
+        out[p + "attn_norm.weight"] = state[q + "input_layernorm.weight"]
+        out[p + "mlp_norm.weight"] = state[q + "post_attention_layernorm.weight"]
+        out[p + "attn.qkv_proj.weight"] = torch.cat([state[q + f"self_attn.{n}.weight"]
+                                                    for n in ("q_proj", "k_proj", "v_proj")])
+        out[p + "attn.o_proj.weight"] = state[q + "self_attn.o_proj.weight"]
+        out[p + "mlp.gate_up_proj.weight"] = torch.cat([state[q + f"mlp.{n}.weight"] for n in ("gate_proj", "up_proj")])
+        out[p + "mlp.down_proj.weight"] = state[q + "mlp.down_proj.weight"]
+    return out
+
+
+def load_transformers_dir(path: Path) -> dict[str, torch.Tensor]:
+    """Weights of a local transformers directory of a Llama-architecture model, in trainlab's names."""
+    from safetensors.torch import load_file
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        raise TrainlabError(f"init_from '{path}': config.json is not readable JSON") from None
+    if config.get("model_type") != "llama":
+        raise TrainlabError(f"init_from '{path}': model_type {config.get('model_type')!r} is not supported "
+                            f"(Llama-architecture causal LMs are)")
+    if config.get("num_key_value_heads", config.get("num_attention_heads")) != config.get("num_attention_heads"):
+        raise TrainlabError(f"init_from '{path}': grouped-query attention (num_key_value_heads < "
+                            f"num_attention_heads) has no trainlab equivalent yet")
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise TrainlabError(f"init_from '{path}' holds no .safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    try:
+        return from_llama(state, int(config["num_hidden_layers"]))
+    except KeyError as err:
+        raise TrainlabError(f"init_from '{path}': weight {err} is missing") from None

@@ -208,12 +208,17 @@ def _train(cfg, run_dir, resume, fresh, log, on_eval, dist, prepare) -> dict:
 
 
 def load_init_weights(source: str) -> dict:
-    """The best (else newest intact) weights of another run, to start a new run from."""
+    """The best (else newest intact) weights of another run, or of a local transformers directory of a
+    Llama-architecture model, to start a new run from."""
     from trainlab.train.checkpoint import CheckpointManager
 
     src = Path(source)
     if not src.is_dir():
         raise TrainlabError(f"init_from '{source}' is not a run directory")
+    if (src / "config.json").exists() and not (src / "checkpoints").exists():
+        from trainlab.export import load_transformers_dir
+
+        return load_transformers_dir(src)
     manager = CheckpointManager(src / "checkpoints", log=lambda s: None)
     step = manager.best_or_latest()
     if step is None:
