@@ -40,7 +40,10 @@ class Diagnosis:
 
 
 def diagnose(path: Path, probe: bool = False, check_data: bool = True) -> Diagnosis:
-    series = read(Path(path))
+    return diagnose_series(read(Path(path)), probe, check_data)
+
+
+def diagnose_series(series: RunSeries, probe: bool = False, check_data: bool = True) -> Diagnosis:
     findings = run_detectors(series)
     diag = Diagnosis(series, findings)
     from trainlab.doctor import repetition

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from trainlab.config import RunConfig, build_config, known_keys, load_yaml, resolve, set_dotted
+from trainlab.config import RunConfig, build_config, load_yaml, resolve, set_dotted
 from trainlab.errors import ConfigError
 
 BUDGET_KEYS = {"tokens": "train.max_tokens", "steps": "train.max_steps", "seconds": "train.max_seconds"}
@@ -88,18 +88,18 @@ def load_sweep(path: Path, seeds: Optional[int] = None, workers: Optional[int] =
     return sweep
 
 
+def set_budget(tree: dict[str, Any], kind: str, amount: float) -> None:
+    """Make one budget (tokens, steps or seconds) the run's only one."""
+    for key in ("train.max_steps", "train.max_tokens", "train.max_seconds", "train.epochs"):
+        set_dotted(tree, key, None)
+    set_dotted(tree, BUDGET_KEYS[kind], float(amount) if kind == "seconds" else int(amount))
+
+
 def variant_config(sweep: Sweep, name: str, seed_index: int) -> RunConfig:
     tree = resolve(sweep.preset, sweep.config, []).to_dict()
     for key, value in {**sweep.base_set, **sweep.variants[name]}.items():
-        if key not in known_keys():
-            from trainlab.config import _unknown_key_message
-
-            raise ConfigError(_unknown_key_message(key))
-        set_dotted(tree, key, value)
-    for key in ("train.max_steps", "train.max_tokens", "train.max_seconds", "train.epochs"):
-        set_dotted(tree, key, None)  # the sweep's budget is the only one
-    kind, amount = sweep.budget
-    set_dotted(tree, BUDGET_KEYS[kind], float(amount) if kind == "seconds" else int(amount))
+        set_dotted(tree, key, value)  # a misspelt key fails in build_config, naming the closest one
+    set_budget(tree, *sweep.budget)
     set_dotted(tree, "train.seed", int(tree["train"].get("seed", 1337)) + seed_index)
     set_dotted(tree, "train.threads", max(1, (os.cpu_count() or 1) // sweep.workers))
     return build_config(tree)
@@ -139,19 +139,18 @@ def _run_one(sweep: Sweep, name: str, k: int, where: Path) -> dict[str, Any]:
 
 
 def summarise_run(run: Path) -> dict[str, Any]:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    train = [r for r in rows if r["split"] == "train"]
-    val = [r for r in rows if r["split"] == "val"]
-    last = val[-1]
-    speeds = sorted(r["tokens_per_s"] for r in train[1:] if "tokens_per_s" in r) or [0.0]
-    from trainlab.doctor import diagnose
+    from trainlab.doctor import diagnose_series
+    from trainlab.doctor.readers import read_trainlab
 
-    diag = diagnose(run, check_data=False)
+    series = read_trainlab(run)
+    last = series.val[-1]
+    speeds = sorted(r["tokens_per_s"] for r in series.train[1:] if "tokens_per_s" in r) or [0.0]
+    diag = diagnose_series(series, check_data=False)
     top = diag.findings[0] if diag.findings else None
     return {"run": str(run), "val_loss": last["loss"], "acc": last.get("acc"), "top5": last.get("top5"),
             "ppl": last.get("ppl"), "tokens": last["tokens"], "steps": last["step"], "elapsed_s": last["elapsed_s"],
             "tokens_per_s": speeds[len(speeds) // 2],
-            "curve": [[r["step"], r["tokens"], r["elapsed_s"], r["loss"]] for r in val],
+            "curve": [[r["step"], r["tokens"], r["elapsed_s"], r["loss"]] for r in series.val],
             "doctor": f"{top.id} ({top.severity})" if top else "no findings"}
 
 

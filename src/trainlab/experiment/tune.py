@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from trainlab.config import RunConfig, build_config, known_keys, load_yaml, resolve, set_dotted
 from trainlab.errors import ConfigError
-from trainlab.experiment.ablate import BUDGET_KEYS
+from trainlab.experiment.ablate import BUDGET_KEYS, set_budget
 
 
 def load_space(path: Path) -> dict[str, Any]:
@@ -57,11 +57,7 @@ def trial_config(base: dict[str, Any], space: dict[str, Any], values: dict[str, 
     for key, value in {**space["set"], **values}.items():
         set_dotted(tree, key, value)
     if space["budget"]:
-        for key in BUDGET_KEYS.values():
-            set_dotted(tree, key, None)
-        set_dotted(tree, "train.epochs", None)
-        (kind, amount), = space["budget"].items()
-        set_dotted(tree, BUDGET_KEYS[kind], float(amount) if kind == "seconds" else int(amount))
+        set_budget(tree, *next(iter(space["budget"].items())))
     return build_config(tree)
 
 
