@@ -149,7 +149,7 @@ def bench_shape(name, shape, data, steps, warmup):
 
     opt = torch.optim.AdamW(param_groups(plain, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas,
                             eps=cfg.optim.eps)
-    windows = trainer.windows
+    windows = trainer.task.windows
 
     def plain_step(step):
         rows = torch.from_numpy(windows.gather(windows.starts(np.arange(step * B, step * B + B))))

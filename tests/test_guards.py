@@ -7,6 +7,7 @@ import pytest
 from conftest import read_rows
 from trainlab.config import resolve
 from trainlab.train import run as run_mod
+from trainlab.tasks.causal_lm import CausalLM
 from trainlab.train.trainer import Trainer
 
 OVERRIDES = ["model.d_model=64", "model.seq_len=64", "train.batch_size=8", "train.max_steps=150",
@@ -15,21 +16,26 @@ OVERRIDES = ["model.d_model=64", "model.seq_len=64", "train.batch_size=8", "trai
 
 def train_with_faults(tmp_path, monkeypatch, name, nan_steps=(), spike_steps=(), extra=()):
     """Train tiny; the loss of the listed step indices turns NaN or 20x (once each, not on replays)."""
-    original = Trainer.loss_fn
-    fired = set()
+    original_step, original_loss = Trainer.train_step, CausalLM.loss
+    fired, now = set(), {}
 
-    def faulty(self, logits, targets):
-        loss = original(self, logits, targets)
-        step = self.progress.step
+    def step_and_remember(self, lr=None):
+        now["step"] = self.progress.step
+        return original_step(self, lr)
+
+    def faulty(self, forward, batch):
+        loss, parts = original_loss(self, forward, batch)
+        step = now["step"]
         if step in nan_steps and ("nan", step) not in fired:
             fired.add(("nan", step))
-            return loss * float("nan")
+            return loss * float("nan"), parts
         if step in spike_steps and ("spike", step) not in fired:
             fired.add(("spike", step))
-            return loss * 20
-        return loss
+            return loss * 20, parts
+        return loss, parts
 
-    monkeypatch.setattr(Trainer, "loss_fn", faulty)
+    monkeypatch.setattr(Trainer, "train_step", step_and_remember)
+    monkeypatch.setattr(CausalLM, "loss", faulty)
     cfg = resolve("tiny", overrides=[*OVERRIDES, *extra])
     result = run_mod.train(cfg, tmp_path / name, log=lambda s: None)
     return result, read_rows(tmp_path / name / "metrics.jsonl")

@@ -45,7 +45,8 @@ def test_label_smoothing_is_torch_cross_entropy_with_smoothing(tmp_path):
     logits = torch.randn(2, 5, t.cfg.model.vocab_size)
     targets = torch.randint(0, t.cfg.model.vocab_size, (2, 5))
     expected = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), label_smoothing=0.1)
-    torch.testing.assert_close(t.loss_fn(logits, targets), expected)
+    loss, _ = t.task.loss(lambda x: logits, {"input": None, "target": targets})
+    torch.testing.assert_close(loss, expected)
     plain = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
     assert not torch.allclose(expected, plain)
     # evaluation reports the plain cross entropy, so smoothed and unsmoothed runs compare fairly
@@ -93,7 +94,7 @@ def test_token_and_epoch_budgets_stop_where_they_should(tmp_path):
     cfg = resolve("tiny", overrides=["train.max_steps=null", "train.max_tokens=1000"])
     assert run_mod.train(cfg, tmp_path / "t", log=lambda s: None)["step"] == math.ceil(1000 / 128)
     t = make_trainer(tmp_path / "e", "train.max_steps=null", "train.epochs=0.001")
-    assert t.total_steps == math.ceil(0.001 * t.windows.per_epoch / 4)
+    assert t.total_steps == math.ceil(0.001 * t.task.examples_per_epoch / 4)
 
 
 def test_calibration_metrics_match_a_direct_computation(tmp_path):
@@ -104,7 +105,7 @@ def test_calibration_metrics_match_a_direct_computation(tmp_path):
         t.train_step()
     val = t.evaluate()
     T = t.cfg.model.seq_len
-    rows = torch.from_numpy(np.stack([np.asarray(t.data.val[s:s + T + 1], dtype=np.int64) for s in t.val_starts]))
+    rows = torch.from_numpy(np.stack([np.asarray(t.data.val[s:s + T + 1], dtype=np.int64) for s in t.task.val_starts]))
     with torch.no_grad():
         probs = t.model.eval()(rows[:, :-1]).float().softmax(-1).reshape(-1, t.cfg.model.vocab_size).numpy()
     y = rows[:, 1:].reshape(-1).numpy()

@@ -88,11 +88,10 @@ def estimate(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, se
     cfg = resolve(preset or (None if config else "shakespeare-char"), config, list(set_ or []))
     train_tokens, data = None, None
     if cfg.model.vocab_size is None or cfg.train.epochs or measure:
-        from trainlab.data.prepare import prepare
+        from trainlab.tasks import prepared
 
-        data = prepare(cfg.data, cfg.model.seq_len, log=lambda s: None)
-        train_tokens = len(data.train)
-        cfg = cfg.with_vocab_size(data.tokenizer.vocab_size)
+        cfg, data = prepared(cfg, log=lambda s: None)
+        train_tokens = len(data.train) if hasattr(data, "train") else None
     import torch
 
     here = hardware.resolve_device("auto")
@@ -121,7 +120,7 @@ def measure_throughput(cfg, data, steps: int = 5) -> float:
     t0 = time.perf_counter()
     for _ in range(steps):
         trainer.train_step()
-    return steps * cfg.tokens_per_step / (time.perf_counter() - t0)
+    return steps * trainer.tokens_per_step / (time.perf_counter() - t0)
 
 
 @app.command("lr-find")
@@ -134,15 +133,14 @@ def lr_find(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set
     import time
 
     from trainlab.config import resolve
-    from trainlab.data.prepare import prepare
     from trainlab.experiment.lr_find import lr_range_test
+    from trainlab.tasks import prepared
 
     if not 0 < start < end:
         raise TrainlabError(f"--start ({start}) must be above 0 and below --end ({end})")
     chosen = preset or (None if config else "shakespeare-char")
     cfg = resolve(chosen, config, list(set_ or []))
-    data = prepare(cfg.data, cfg.model.seq_len)
-    cfg = cfg.with_vocab_size(data.tokenizer.vocab_size)
+    cfg, data = prepared(cfg)
     out = out or Path("runs") / f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}"
     result = lr_range_test(cfg, data, out, start=start, end=end, steps=steps)
     print(f"{result['steps']} steps{' (stopped at divergence)' if result['stopped_early'] else ''}: "

@@ -21,6 +21,27 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class MoEConfig(_Section):
+    experts: int = Field(0, ge=0)
+    """Routed experts per feed-forward layer; 0 keeps the dense SwiGLU (seed 001's use_moe=False)."""
+    top_k: int = Field(2, ge=1)
+    """Experts each token is sent to."""
+    shared_expert: bool = False
+    """An expert every token passes through besides the routed ones (as DeepSeek-MoE and MiniMind)."""
+    expert_hidden: Optional[int] = Field(None, ge=1)
+    """Hidden width of each expert; default: the dense feed-forward's."""
+    aux_loss_weight: float = Field(0.01, ge=0.0)
+    """Weight of the load-balancing loss (Switch Transformer's: experts x sum of load share x mean router prob)."""
+    norm_topk: bool = True
+    """Renormalise the chosen experts' router probabilities to sum to one."""
+
+    @model_validator(mode="after")
+    def _top_k_fits(self) -> "MoEConfig":
+        if self.experts and self.top_k > self.experts:
+            raise ValueError(f"model.moe.top_k ({self.top_k}) cannot exceed model.moe.experts ({self.experts})")
+        return self
+
+
 class ModelConfig(_Section):
     n_layer: int = Field(4, ge=1)
     """Number of transformer blocks."""
@@ -46,6 +67,8 @@ class ModelConfig(_Section):
     """Epsilon of RMSNorm."""
     init_std: float = Field(0.02, gt=0)
     """Std of the normal init; residual output projections are scaled by 1/sqrt(2 n_layer)."""
+    moe: MoEConfig = Field(default_factory=MoEConfig)
+    """Mixture of experts in place of each feed-forward layer."""
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "ModelConfig":
@@ -202,7 +225,7 @@ class GuardConfig(_Section):
 
 
 class RunConfig(_Section):
-    task: Literal["causal_lm"] = "causal_lm"
+    task: Literal["causal_lm", "sft", "masked_lm", "series_tokenizer"] = "causal_lm"
     """What to train."""
     preset: Optional[str] = None
     """The preset this config started from (informational)."""

@@ -29,6 +29,9 @@ def to_llama(weights: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, to
     """Our names to Llama's: the fused q/k/v and gate/up matrices split one-to-one."""
     if cfg.output_bias:
         raise TrainlabError("this run has model.output_bias=true; a Llama checkpoint has no output bias")
+    if cfg.moe.experts:
+        raise TrainlabError("this run is a mixture of experts (model.moe.experts > 0); a Llama directory holds dense "
+                            "feed-forward layers only, so it cannot be exported in hf format")
     out = {"model.embed_tokens.weight": weights["embed.weight"], "model.norm.weight": weights["norm.weight"]}
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = weights["lm_head.weight"]

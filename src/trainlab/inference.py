@@ -7,17 +7,17 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from torch import nn
 
 from trainlab.config import RunConfig, build_config
 from trainlab.data.tokenizers import Tokenizer, load_tokenizer
 from trainlab.errors import TrainlabError
-from trainlab.models.gpt import GPT
 
 
 @dataclass
 class LoadedRun:
     cfg: RunConfig
-    model: GPT
+    model: nn.Module
     tokenizer: Tokenizer
     step: int
 
@@ -35,7 +35,9 @@ def load_run(run_dir: Path) -> LoadedRun:
     if step is None:
         raise TrainlabError(f"run directory '{run_dir}' has no intact checkpoint yet")
     weights, _, _ = manager.load(step)
-    model = GPT(cfg.model)
+    from trainlab.tasks import build_model
+
+    model = build_model(cfg)
     try:
         model.load_weights(weights)
     except (ValueError, RuntimeError):
@@ -60,7 +62,7 @@ def generate_text(run_dir: Path, prompt: str, max_new_tokens: int, temperature: 
 
 
 def evaluate_run(run_dir: Path, data_path: Optional[Path] = None) -> dict:
-    from trainlab.data.prepare import prepare
+    from trainlab.tasks import task_class
     from trainlab.train.trainer import Trainer
 
     run = load_run(run_dir)
@@ -70,8 +72,9 @@ def evaluate_run(run_dir: Path, data_path: Optional[Path] = None) -> dict:
         if not Path(data_path).exists():
             raise TrainlabError(f"--data '{data_path}' does not exist")
         data_cfg = data_cfg.model_copy(update={"source": str(data_path), "tokenizer": str(Path(run_dir) / "tokenizer.json")})
-    data = prepare(data_cfg, cfg.model.seq_len, log=lambda s: None)
-    trainer = Trainer(cfg.model_copy(update={"train": cfg.train.model_copy(update={"compile": False})}), data, Path(run_dir))
+    cfg = cfg.model_copy(update={"data": data_cfg, "train": cfg.train.model_copy(update={"compile": False})})
+    data = task_class(cfg.task).prepare(cfg, log=lambda s: None)
+    trainer = Trainer(cfg, data, Path(run_dir))
     trainer.model.load_state_dict(run.model.state_dict())
     tokens = None
     if data_path is not None:

@@ -18,23 +18,36 @@ from typing import Any, Optional
 
 import torch
 
+from torch import nn
+
 from trainlab.config import RunConfig
-from trainlab.models.gpt import GPT
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
-def meta_model(cfg: RunConfig) -> GPT:
+def meta_model(cfg: RunConfig) -> nn.Module:
+    from trainlab.tasks import build_model
+
     with torch.device("meta"):
-        return GPT(cfg.model)
+        return build_model(cfg)
 
 
-def param_counts(model: GPT) -> dict[str, int]:
-    total = sum(p.numel() for p in model.parameters())
-    embedding = model.embed.weight.numel() + (0 if model.cfg.tie_embeddings else model.lm_head.weight.numel())
-    if model.lm_head.bias is not None:
-        embedding += model.lm_head.bias.numel()  # the output bias is per vocabulary entry
-    return {"total": total, "embedding": embedding, "non_embedding": total - embedding, "active": total}
+def param_counts(model: nn.Module) -> dict[str, int]:
+    """Embedding parameters are the token tables (input, untied output and its per-entry bias);
+    active ones are those a token passes through (a mixture of experts uses top_k of its experts)."""
+    total = model.num_params()
+    non_embedding = model.num_params(exclude_embedding=True)
+    active = model.active_params() if hasattr(model, "active_params") else total
+    return {"total": total, "embedding": total - non_embedding, "non_embedding": non_embedding, "active": active}
+
+
+def ffn_width(cfg: RunConfig) -> int:
+    """Hidden values a token's feed-forward keeps for backward: top_k experts (and a shared one) under MoE."""
+    m = cfg.model
+    if not m.moe.experts:
+        return m.ffn_hidden_size
+    hidden = m.moe.expert_hidden or m.ffn_hidden_size
+    return hidden * (m.moe.top_k + int(m.moe.shared_expert)) + m.d_model * m.moe.top_k // 4
 
 
 def activation_bytes(cfg: RunConfig, precision: str, checkpointing: bool = False) -> int:
@@ -53,14 +66,14 @@ def activation_bytes(cfg: RunConfig, precision: str, checkpointing: bool = False
     m, t = cfg.model, cfg.train
     tokens = t.batch_size * m.seq_len
     b = BYTES["bf16" if precision in ("bf16", "fp16") else "fp32"]
-    per_layer = (14 * m.d_model + 4 * m.ffn_hidden_size) * b
+    per_layer = (14 * m.d_model + 4 * ffn_width(cfg)) * b
     layers = (m.n_layer * m.d_model * b + per_layer) if checkpointing else m.n_layer * per_layer
     in_flight = per_layer  # gradients of one layer's activations during backward
     logits = (m.vocab_size or 0) * (b + 3 * 4)
     return tokens * (layers + in_flight + logits + m.d_model * 4)
 
 
-def memory(cfg: RunConfig, model: GPT, precision: str) -> dict[str, int]:
+def memory(cfg: RunConfig, model: nn.Module, precision: str) -> dict[str, int]:
     trainable = sum(p.numel() for p in model.parameters())
     weights = 4 * trainable  # fp32 master weights; autocast casts on the fly
     gradients = 4 * trainable

@@ -91,9 +91,9 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, hidden: Optional[int] = None):
         super().__init__()
-        hidden = cfg.ffn_hidden_size
+        hidden = hidden or cfg.ffn_hidden_size
         self.gate_up_proj = nn.Linear(cfg.d_model, 2 * hidden, bias=False)  # gate and up in one matmul
         self.down_proj = nn.Linear(hidden, cfg.d_model, bias=False)
 
@@ -102,17 +102,61 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(gate) * up)
 
 
+class MoE(nn.Module):
+    """Top-k routed SwiGLU experts, optionally with a shared expert every token passes through.
+
+    Tokens are sorted by expert and each expert runs once on its tokens, so compute grows with top_k,
+    not with the number of experts. `balance` is Switch Transformer's load-balancing term,
+    experts x sum_e (share of assignments to e) x (mean router probability of e): 1 when balanced.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        m = cfg.moe
+        self.n_experts, self.top_k, self.norm_topk = m.experts, m.top_k, m.norm_topk
+        self.router = nn.Linear(cfg.d_model, m.experts, bias=False)
+        self.experts = nn.ModuleList(SwiGLU(cfg, m.expert_hidden) for _ in range(m.experts))
+        self.shared = SwiGLU(cfg, m.expert_hidden) if m.shared_expert else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Output, balance term and each expert's share of the assignments."""
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        probs = self.router(x).float().softmax(-1)
+        weight, chosen = probs.topk(self.top_k, dim=-1)
+        if self.norm_topk:
+            weight = weight / weight.sum(-1, keepdim=True)
+        flat = chosen.flatten()
+        order = flat.argsort(stable=True)
+        token = order // self.top_k
+        counts = torch.bincount(flat, minlength=self.n_experts)
+        routed = x[token]
+        outs = [expert(part) for expert, part in zip(self.experts, routed.split(counts.tolist()))]
+        y = torch.cat(outs) * weight.flatten()[order, None].to(x.dtype)
+        out = torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
+        if self.shared is not None:
+            out = out + self.shared(x)
+        load = counts.float() / flat.numel()
+        balance = self.n_experts * (load * probs.mean(0)).sum()
+        return out.reshape(shape), balance, load
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg)
+        self.mlp = MoE(cfg) if cfg.moe.experts else SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, cache=None, layer=0):
+    def forward(self, x, cos, sin, cache=None, layer=0, stats: Optional[list] = None):
         x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache, layer))
+        if isinstance(self.mlp, MoE):
+            y, balance, load = self.mlp(self.mlp_norm(x))
+            if stats is not None:
+                stats.append((balance, load))
+            return x + self.drop(y)
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
@@ -150,19 +194,32 @@ class GPT(nn.Module):
             self.rope_cos.copy_(cos.to(self.rope_cos.device))
             self.rope_sin.copy_(sin.to(self.rope_sin.device))
 
-    def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
-        """Logits (B, T, vocab) for token ids (B, T). With a cache, positions continue after it."""
+    def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None, with_aux: bool = False):
+        """Logits (B, T, vocab) for token ids (B, T). With a cache, positions continue after it.
+
+        with_aux (mixture of experts): (logits, weighted load-balancing loss, expert load (layers, experts))."""
         T = idx.shape[1]
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds model.seq_len={self.cfg.seq_len}")
         cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         x = self.drop(self.embed(idx))
+        stats: list = []
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, cache, i)
+            x = block(x, cos, sin, cache, i, stats)
         if cache is not None:
             cache.length += T
-        return self.lm_head(self.norm(x))
+        logits = self.lm_head(self.norm(x))
+        if not with_aux:
+            return logits
+        if not stats:
+            return logits, logits.new_zeros((), dtype=torch.float32), logits.new_zeros((0, 0), dtype=torch.float32)
+        aux = self.cfg.moe.aux_loss_weight * torch.stack([b for b, _ in stats]).mean()
+        return logits, aux, torch.stack([load for _, load in stats]).detach()
+
+    def tied_keys(self) -> tuple[str, ...]:
+        """State-dict entries that are the same tensor as another (left out of checkpoints)."""
+        return ("lm_head.weight",) if self.cfg.tie_embeddings else ()
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Load a checkpoint's weights; a tied model's are saved without lm_head.weight."""
@@ -181,9 +238,22 @@ class GPT(nn.Module):
                 n -= self.lm_head.bias.numel()
         return n
 
+    def active_params(self) -> int:
+        """Parameters a token passes through: the routed experts count top_k times, not experts times."""
+        n = self.num_params()
+        m = self.cfg.moe
+        if m.experts:
+            per_expert = sum(p.numel() for p in self.blocks[0].mlp.experts[0].parameters())
+            n -= self.cfg.n_layer * (m.experts - m.top_k) * per_expert
+        return n
+
     def flops_per_token(self) -> int:
-        """Training FLOPs per token: 6 per weight (forward + backward) plus attention scores."""
-        non_embedding = self.num_params(exclude_embedding=True) + self.lm_head.weight.numel()
+        """Training FLOPs per token: 6 per active weight (forward + backward) plus attention scores."""
+        non_embedding = self.active_params() - self.embed.weight.numel() + self.lm_head.weight.numel()
+        if not self.cfg.tie_embeddings:
+            non_embedding -= self.lm_head.weight.numel()
+        if self.lm_head.bias is not None:
+            non_embedding -= self.lm_head.bias.numel()
         # QK^T and AV: 2 * 2 * seq_len * d_model per layer forward, x3 with backward (PaLM's convention,
         # counting the full square rather than the causal half).
         attention = 12 * self.cfg.n_layer * self.cfg.seq_len * self.cfg.d_model

@@ -124,7 +124,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, fresh: bool = Fal
     """Check everything, then train. Bad input is found before anything is written or removed.
 
     Under torchrun every process runs this; rank 0 alone checks and writes the run directory."""
-    from trainlab.data.prepare import prepare
+    from trainlab.tasks import task_class
     from trainlab.train import distributed, hardware
 
     dist = distributed.from_env()
@@ -132,28 +132,23 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, fresh: bool = Fal
     if not dist.main:
         log = lambda s: None  # noqa: E731
     try:
-        return _train(cfg, run_dir, resume, fresh, log, on_eval, dist, prepare)
+        return _train(cfg, run_dir, resume, fresh, log, on_eval, dist, task_class(cfg.task))
     finally:
         distributed.shutdown(dist)
 
 
-def _train(cfg, run_dir, resume, fresh, log, on_eval, dist, prepare) -> dict:
+def _train(cfg, run_dir, resume, fresh, log, on_eval, dist, task) -> dict:
     from trainlab.train import distributed
 
     if dist.main:
         prepare_run_dir(run_dir, resume, fresh)
         if resume:
             check_resume_compatible(build_config(saved_config(run_dir)), cfg, run_dir)
-        data = prepare(cfg.data, cfg.model.seq_len, log=log)
+        data = task.prepare(cfg, log=log)
     distributed.barrier(dist)  # the others find the data cache ready
     if not dist.main:
-        data = prepare(cfg.data, cfg.model.seq_len, log=log)
-    cfg = cfg.with_vocab_size(data.tokenizer.vocab_size)
-    if resume:
-        tok_path = run_dir / "tokenizer.json"
-        if tok_path.exists() and tok_path.read_text(encoding="utf-8") != data.tokenizer.to_json():
-            raise ConfigError(f"cannot resume '{run_dir}': its tokenizer.json differs from the one data.tokenizer "
-                              f"now gives; use --fresh or another --run-dir")
+        data = task.prepare(cfg, log=log)
+    cfg = task.configure(cfg, data)
     if cfg.init_from:
         init_weights = load_init_weights(cfg.init_from)
 
@@ -172,6 +167,8 @@ def _train(cfg, run_dir, resume, fresh, log, on_eval, dist, prepare) -> dict:
         with (run_lock(run_dir) if dist.main else contextlib.nullcontext()):
             trainer = Trainer(cfg, data, run_dir, log=log, dist=dist)
             trainer.on_eval = on_eval
+            if resume:
+                trainer.task.check_resume(run_dir)
             resumed = trainer.resume() if resume else False
             if resume and not resumed:
                 log(f"warning: '{run_dir}' has no intact checkpoint; starting from step 0")
@@ -184,18 +181,18 @@ def _train(cfg, run_dir, resume, fresh, log, on_eval, dist, prepare) -> dict:
             if dist.main and not resumed:
                 clear_run(run_dir)
                 (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-                data.tokenizer.save(run_dir / "tokenizer.json")
+                trainer.task.save_files(run_dir)
             elif dist.main:
                 truncate_after(run_dir / "metrics.jsonl", trainer.progress.step)
                 truncate_after(run_dir / "samples.jsonl", trainer.progress.step)
             if dist.main:
                 write_env(run_dir, {"device": str(trainer.device), "precision": trainer.precision,
-                                    "data_cache": str(data.directory), "world_size": dist.world})
+                                    "data_cache": str(getattr(data, "directory", "")), "world_size": dist.world})
             distributed.barrier(dist)
             log(f"run {run_dir} | {cfg.task} | {trainer.model.num_params() / 1e6:.2f}M parameters | device "
                 f"{trainer.device} | precision {trainer.precision} | vocab {cfg.model.vocab_size}")
-            log(f"train {len(data.train):,} tokens, val {len(data.val):,} tokens | effective batch "
-                f"{cfg.train.batch_size} x {cfg.train.grad_accum} x {cfg.model.seq_len}"
+            log(f"{trainer.task.describe()} | effective batch "
+                f"{cfg.train.batch_size} x {cfg.train.grad_accum} x {trainer.task.tokens_per_example}"
                 + (f" x {dist.world} processes" if dist.active else "") + f" = {trainer.tokens_per_step:,} tokens/step")
             started = True
             result = trainer.fit(resumed=resumed)

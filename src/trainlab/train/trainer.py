@@ -13,18 +13,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from trainlab.config import RunConfig
-from trainlab.data.prepare import Prepared, Windows, eval_starts
-from trainlab.generate import generate
-from trainlab.models.gpt import GPT
 from trainlab.monitor.sinks import Console, JsonlSink, TensorBoardSink
+from trainlab.tasks import task_class
 from trainlab.train import distributed, hardware
 from trainlab.train.checkpoint import CheckpointManager
 from trainlab.train.schedules import lr_multiplier
-
-LOG2E = 1.0 / math.log(2.0)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
@@ -80,8 +75,17 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def val_summary(val: dict[str, float]) -> str:
+    text = f"val loss {val['loss']:.4f}"
+    for key, unit in (("bits_per_char", "bits/char"), ("bits_per_byte", "bits/byte"), ("bits_per_token", "bits/token")):
+        if key in val:
+            text += f" | {val[key]:.3f} {unit}"
+            break
+    return text + (f" | acc {val['acc']:.3f}" if "acc" in val else "")
+
+
 class Trainer:
-    def __init__(self, cfg: RunConfig, data: Prepared, run_dir: Path, log: Callable[[str], None] = print,
+    def __init__(self, cfg: RunConfig, data: Any, run_dir: Path, log: Callable[[str], None] = print,
                  dist: distributed.Dist = distributed.Dist()):
         self.cfg, self.data, self.run_dir, self.log, self.dist = cfg, data, Path(run_dir), log, dist
         self.device = hardware.resolve_device(cfg.train.device)
@@ -89,7 +93,8 @@ class Trainer:
             self.device = torch.device("cuda", dist.local_rank)
         self.precision = hardware.resolve_precision(cfg.train.precision, self.device)
         torch.manual_seed(cfg.train.seed)
-        self.model = GPT(cfg.model).to(self.device)
+        self.task = task_class(cfg.task)(cfg, data, self.device, dist.rank, dist.world)
+        self.model = self.task.build_model(cfg).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
@@ -101,11 +106,8 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
             self.train_forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
             torch.manual_seed(cfg.train.seed + dist.rank)  # distinct dropout masks per process
-        self.tokens_per_step = cfg.tokens_per_step * dist.world  # all processes together
-        self.windows = Windows(data.train, cfg.model.seq_len, cfg.train.seed)
-        # the fixed validation subset: eval_batches global batches, shared out among the processes
-        self.val_starts = eval_starts(len(data.val), cfg.model.seq_len,
-                                      cfg.train.eval_batches * cfg.train.batch_size * dist.world)
+        # all processes together
+        self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * self.task.tokens_per_example * dist.world
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.checkpoint.keep_last,
                                              cfg.checkpoint.save_top_k, log=log)
         self.progress = Progress()
@@ -126,7 +128,7 @@ class Trainer:
         if t.max_tokens:
             candidates.append(math.ceil(t.max_tokens / per_step))
         if t.epochs:
-            candidates.append(math.ceil(t.epochs * self.windows.per_epoch / (t.batch_size * t.grad_accum * self.dist.world)))
+            candidates.append(math.ceil(t.epochs * self.task.examples_per_epoch / (t.batch_size * t.grad_accum * self.dist.world)))
         return min(candidates) if candidates else None
 
     def fraction_done(self) -> float:
@@ -182,8 +184,8 @@ class Trainer:
 
     def model_state(self) -> dict[str, torch.Tensor]:
         state = self.model.state_dict()
-        if self.cfg.model.tie_embeddings:
-            state.pop("lm_head.weight", None)  # the same tensor as embed.weight
+        for key in getattr(self.model, "tied_keys", lambda: ())():  # the same tensor as another entry
+            state.pop(key, None)
         return state
 
     def load_model_state(self, weights: dict[str, torch.Tensor]) -> None:
@@ -194,7 +196,7 @@ class Trainer:
         path = None
         if self.dist.main:
             meta = {"tokens": self.progress.tokens, "elapsed_s": self.progress.elapsed_s,
-                    "config": self.cfg.to_dict(), "tokenizer": self.data.tokenizer.fingerprint,
+                    "config": self.cfg.to_dict(), "tokenizer": self.task.fingerprint(),
                     "world_size": self.dist.world}
             path = self.checkpoints.save(self.progress.step, self.model_state(), self.state_dict(), meta, val_loss)
         distributed.barrier(self.dist)
@@ -226,16 +228,6 @@ class Trainer:
         dtype = hardware.autocast_dtype(self.precision)
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
-    def _batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.from_numpy(self.windows.gather(self.windows.starts(indices)))
-        rows = rows.to(self.device, non_blocking=True)
-        return rows[:, :-1], rows[:, 1:]
-
-    def loss_fn(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # cross_entropy works from log-probabilities (log_softmax + NLL), never softmax then log
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                               label_smoothing=self.cfg.train.label_smoothing)
-
     def train_step(self, lr: Optional[float] = None) -> dict[str, float]:
         """One optimizer step; `lr` overrides the schedule (the LR range test ramps it itself)."""
         t = self.cfg.train
@@ -248,19 +240,22 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         total_loss = torch.zeros((), device=self.device)
+        parts: dict[str, torch.Tensor] = {}
         data_s = 0.0
         for micro in range(t.grad_accum):
             d0 = time.perf_counter()
             # the global micro-batch is batch_size x world windows; this process takes its slice
             first = ((step * t.grad_accum + micro) * self.dist.world + self.dist.rank) * t.batch_size
-            x, y = self._batch(np.arange(first, first + t.batch_size))
+            batch = self.task.batch(np.arange(first, first + t.batch_size))
             data_s += time.perf_counter() - d0
             sync = not self.dist.active or micro == t.grad_accum - 1
             with self._autocast(), (contextlib.nullcontext() if sync else self.ddp.no_sync()):
-                logits = self.train_forward(x)
-                loss = self.loss_fn(logits, y) / t.grad_accum
+                loss, components = self.task.loss(self.train_forward, batch)
+                loss = loss / t.grad_accum
             self.scaler.scale(loss).backward()
             total_loss += loss.detach()
+            for name, value in components.items():
+                parts[name] = parts.get(name, 0.0) + value.float() / t.grad_accum
         if self.dist.active:  # the loss every process logs and guards on: the mean over processes
             total_loss = distributed.all_reduce(total_loss, self.dist) / self.dist.world
         self.scaler.unscale_(self.optimizer)
@@ -292,7 +287,8 @@ class Trainer:
         self.progress.step += 1
         self.progress.tokens += self.tokens_per_step
         return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "clipped": clipped,
-                "finite": finite, "spike": spike, "data_s": data_s, **extra}
+                "finite": finite, "spike": spike, "data_s": data_s, **extra,
+                "components": {name: float(value) for name, value in parts.items()}}
 
     def lr_scale_now(self) -> float:
         """The guards' lr factor: lowered at a rollback, back to 1 over guard.lr_recovery_steps."""
@@ -328,63 +324,20 @@ class Trainer:
         return step
 
     @torch.no_grad()
-    def evaluate(self, tokens: Optional[np.ndarray] = None) -> dict[str, float]:
-        """Loss, perplexity, bits and accuracy on the fixed validation subset (or on `tokens`)."""
+    def evaluate(self, tokens: Optional[Any] = None) -> dict[str, float]:
+        """The task's validation metrics on its fixed subset (or on `tokens`), summed over processes."""
         self.model.eval()
-        seq_len, bs = self.cfg.model.seq_len, self.cfg.train.batch_size
-        source = self.data.val if tokens is None else tokens
-        starts = self.val_starts if tokens is None else eval_starts(len(tokens), seq_len,
-                                                                    self.cfg.train.eval_batches * bs * self.dist.world)
-        starts = starts[self.dist.rank::self.dist.world]  # each process scores its share; sums are added up
-        nll = correct = top5 = conf = entropy = count = 0.0
-        bins = torch.linspace(0, 1, 16)
-        bin_conf, bin_acc, bin_count = torch.zeros(15), torch.zeros(15), torch.zeros(15)
-        for i in range(0, len(starts), bs):
-            rows = np.stack([np.asarray(source[s:s + seq_len + 1], dtype=np.int64) for s in starts[i:i + bs]])
-            rows = torch.from_numpy(rows).to(self.device)
-            x, y = rows[:, :-1], rows[:, 1:]
-            with self._autocast():
-                logits = self.forward(x)
-            logits = logits.float()
-            nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
-            top = logits.topk(5, dim=-1).indices
-            correct += float((top[..., 0] == y).sum())
-            top5 += float((top == y.unsqueeze(-1)).any(-1).sum())
-            logp = logits.log_softmax(-1)
-            p_top = logp.amax(-1).exp()
-            hit = (top[..., 0] == y).float()
-            conf += float(p_top.sum())
-            entropy += float(-(logp.exp() * logp).sum(-1).sum())
-            which = torch.bucketize(p_top.flatten().cpu(), bins[1:-1])
-            bin_count += torch.bincount(which, minlength=15).float()
-            bin_conf += torch.bincount(which, p_top.flatten().cpu(), minlength=15)
-            bin_acc += torch.bincount(which, hit.flatten().cpu(), minlength=15)
-            count += y.numel()
-        self.model.train()
-        if self.dist.active:
-            sums = torch.tensor([nll, correct, top5, conf, entropy, count], dtype=torch.float64)
-            sums = distributed.all_reduce(sums.to(self.device), self.dist).cpu().tolist()
-            nll, correct, top5, conf, entropy, count = sums
-            binned = distributed.all_reduce(torch.stack([bin_conf, bin_acc]).to(self.device), self.dist).cpu()
-            bin_conf, bin_acc = binned[0], binned[1]
-        loss = nll / count
-        row = {"loss": loss, "ppl": math.exp(min(loss, 700)), "bits_per_token": loss * LOG2E,
-               "acc": correct / count, "top5": top5 / count, "confidence": conf / count,
-               "entropy": entropy / count,
-               # expected calibration error: |accuracy - confidence| per confidence bin, weighted by its share
-               "ece": float((bin_acc - bin_conf).abs().sum() / count)}
-        kind = self.data.tokenizer.kind
-        if kind in ("char", "bpe"):
-            row["bits_per_char"] = row["bits_per_token"] / self.data.chars_per_token
-        if kind in ("byte", "bpe"):
-            row["bits_per_byte"] = row["bits_per_token"] / self.data.bytes_per_token
-        return row
 
-    def sample(self, n_tokens: int, prompt_tokens: int = 16) -> dict[str, str]:
-        prompt = torch.from_numpy(np.asarray(self.data.val[:prompt_tokens], dtype=np.int64))[None].to(self.device)
-        new = generate(self.model, prompt, n_tokens, temperature=0.8, top_k=40, seed=self.cfg.train.seed)
-        tok = self.data.tokenizer
-        return {"prompt": tok.decode(prompt[0].tolist()), "text": tok.decode(new[0].tolist())}
+        def reduce(t: torch.Tensor) -> torch.Tensor:
+            return distributed.all_reduce(t.to(self.device), self.dist).cpu() if self.dist.active else t
+
+        try:
+            return self.task.evaluate(self.forward, self._autocast, reduce, tokens)
+        finally:
+            self.model.train()
+
+    def sample(self, n_tokens: int) -> Optional[dict[str, str]]:
+        return self.task.sample(self.model, n_tokens)
 
     # -- the loop -------------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict:
@@ -471,6 +424,7 @@ class Trainer:
                     now = time.perf_counter()
                     tokens_per_s = window_tokens / max(now - window_start, 1e-9)
                     extra = {k: out[k] for k in ("weight_norm", "update_ratio") if k in out}
+                    extra.update(out["components"])
                     row = self.row("train", loss=out["loss"], lr=out["lr"], grad_norm=out["grad_norm"],
                                    clipped=out["clipped"], **extra,
                                    clip_frac=self.progress.clipped_in_window / cfg.train.log_interval,
@@ -525,16 +479,16 @@ class Trainer:
         t0 = time.perf_counter()
         val = self.evaluate()
         if self.cfg.train.sample_tokens and self.dist.main:
-            samples.write({"step": self.progress.step, **self.sample(self.cfg.train.sample_tokens)})
+            sample = self.sample(self.cfg.train.sample_tokens)
+            if sample is not None:
+                samples.write({"step": self.progress.step, **sample})
         dt = time.perf_counter() - t0
         if getattr(self, "_eval_warm", False) or not self.cfg.train.compile:
             self.progress.elapsed_s += dt
         self._eval_warm = True
         emit(self.row("val", **val))
         console.last_val = val["loss"]
-        bits = val.get("bits_per_char", val.get("bits_per_byte", val["bits_per_token"]))
-        unit = "bits/char" if "bits_per_char" in val else ("bits/byte" if "bits_per_byte" in val else "bits/token")
-        say(f"step {self.progress.step:>6} | val loss {val['loss']:.4f} | {bits:.3f} {unit} | acc {val['acc']:.3f}")
+        say(f"step {self.progress.step:>6} | " + val_summary(val))
         return {**val, "step": self.progress.step}
 
     def _agree(self) -> None:
