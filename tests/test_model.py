@@ -72,3 +72,38 @@ def test_logits_match_transformers_llama_on_the_same_weights():
     x = torch.randint(0, cfg.vocab_size, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(model(x), hf(x).logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_math_attention_equals_sdpa(dropout):
+    """The explicit kernel (chosen for bf16 on CPUs) computes what scaled_dot_product_attention does,
+    logits and gradients; with dropout both are the same model in eval mode."""
+    model = tiny_model(dropout=dropout)
+    x = torch.randint(0, 50, (2, 20))
+    outs, grads = [], []
+    for kernel in ("sdpa", "math"):
+        model.use_attention(kernel)
+        model.zero_grad()
+        logits = model(x)
+        logits.logsumexp(-1).sum().backward()
+        outs.append(logits.detach())
+        grads.append(model.blocks[0].attn.qkv_proj.weight.grad.clone())
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    if dropout == 0.0:
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16: agree to bf16's precision
+        model.use_attention("sdpa")
+        a = model(x).float()
+        model.use_attention("math")
+        b = model(x).float()
+    assert (a - b).abs().max() < 0.05
+
+
+def test_attention_kernel_choice():
+    from trainlab.train.hardware import attention_kernel
+
+    cpu = torch.device("cpu")
+    assert attention_kernel("auto", cpu, "bf16", 256) == "math"
+    assert attention_kernel("auto", cpu, "bf16", 1024) == "sdpa"
+    assert attention_kernel("auto", cpu, "fp32", 256) == "sdpa"
+    assert attention_kernel("sdpa", cpu, "bf16", 256) == "sdpa"

@@ -69,6 +69,9 @@ class ModelConfig(_Section):
     """Std of the normal init; residual output projections are scaled by 1/sqrt(2 n_layer)."""
     moe: MoEConfig = Field(default_factory=MoEConfig)
     """Mixture of experts in place of each feed-forward layer."""
+    attention: Literal["auto", "sdpa", "math"] = "auto"
+    """Attention kernel: `sdpa` (scaled_dot_product_attention), `math` (explicit softmax(QK^T)V, which
+    torch.compile fuses); auto: math for bf16 on a CPU up to 512 positions (3x faster there), else sdpa."""
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "ModelConfig":

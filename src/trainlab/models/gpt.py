@@ -68,6 +68,7 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
+        self.kernel = "sdpa"  # or "math"; chosen for the device and precision by `GPT.use_attention`
 
     def forward(self, x, cos, sin, cache: Optional[KVCache] = None, layer: int = 0):
         B, T, C = x.shape
@@ -85,9 +86,26 @@ class Attention(nn.Module):
                 causal = False
                 if T > 1:
                     mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        drop = self.dropout if self.training else 0.0
+        if self.kernel == "math" and cache is None:
+            y = math_attention(q, k, v, drop)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                               dropout_p=drop)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+    """Causal softmax(QK^T / sqrt(d)) V written out, softmax in fp32. On a CPU under bf16 autocast,
+    torch.compile fuses this into kernels about 3x faster than the flash kernel of
+    scaled_dot_product_attention at the short sequences small models use (bench/throughput.py)."""
+    T = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(q.shape[-1]))
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    probs = scores.masked_fill(future, float("-inf")).softmax(-1).to(v.dtype)
+    if dropout:
+        probs = F.dropout(probs, dropout)
+    return probs @ v
 
 
 class SwiGLU(nn.Module):
@@ -216,6 +234,10 @@ class GPT(nn.Module):
             return logits, logits.new_zeros((), dtype=torch.float32), logits.new_zeros((0, 0), dtype=torch.float32)
         aux = self.cfg.moe.aux_loss_weight * torch.stack([b for b, _ in stats]).mean()
         return logits, aux, torch.stack([load for _, load in stats]).detach()
+
+    def use_attention(self, kernel: str) -> None:
+        for block in self.blocks:
+            block.attn.kernel = kernel
 
     def tied_keys(self) -> tuple[str, ...]:
         """State-dict entries that are the same tensor as another (left out of checkpoints)."""

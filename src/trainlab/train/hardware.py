@@ -67,6 +67,14 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "fp32"  # MPS: autocast support varies by macOS and torch version
 
 
+def attention_kernel(choice: str, device: torch.device, precision: str, seq_len: int) -> str:
+    """`math` where the explicit form beats scaled_dot_product_attention: bf16 on a CPU, short sequences
+    (its flash kernel is about 3x slower there than the compiled explicit form, bench/throughput.py)."""
+    if choice != "auto":
+        return choice
+    return "math" if device.type == "cpu" and precision == "bf16" and seq_len <= 512 else "sdpa"
+
+
 def autocast_dtype(precision: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 

@@ -95,6 +95,10 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.task = task_class(cfg.task)(cfg, data, self.device, dist.rank, dist.world)
         self.model = self.task.build_model(cfg).to(self.device)
+        if hasattr(self.model, "use_attention"):
+            self.attention = hardware.attention_kernel(cfg.model.attention, self.device, self.precision,
+                                                       cfg.model.seq_len)
+            self.model.use_attention(self.attention)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
