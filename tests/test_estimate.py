@@ -63,3 +63,14 @@ def test_cli_json_follows_the_contract():
         assert out[key] is not None and out[key] > 0
     table = cli("estimate", "--preset", "tiny", "--measure").stdout
     assert "tokens/s (measured)" in table and "tokens per parameter" in table
+
+
+def test_measuring_the_peak_leaves_the_global_rng_alone(tmp_path):
+    """A run that measures the peak (empty cache) must draw the same dropout masks as its resumed self."""
+    import torch
+
+    from trainlab.experiment.estimate import peak_flops
+
+    before = torch.get_rng_state()
+    assert peak_flops("fp32", torch.device("cpu"), cache_dir=tmp_path) > 0
+    assert torch.equal(torch.get_rng_state(), before)

@@ -97,7 +97,10 @@ def peak_flops(precision: str, device: torch.device, cache_dir: Optional[Path] =
         return cached[key]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     n = 8192 if device.type == "cuda" else (2048 if native(precision, device) else 512)  # slow paths: keep it short
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    # a generator of its own: measuring must not move the global RNG (a run that measures would draw
+    # different dropout masks from its resumed self, which finds the figure cached)
+    g = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(n, n, dtype=dtype, device=device, generator=g) for _ in range(2))
     best = 0.0
     def sync():
         if device.type == "cuda":
