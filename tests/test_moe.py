@@ -81,3 +81,28 @@ def test_training_logs_expert_load_and_export_refuses(tmp_path):
     proc = cli("export", str(run), "--format", "hf", "--out", str(tmp_path / "hf"), check=False)
     assert proc.returncode == 2 and "mixture of experts" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "hf").exists()
+
+
+def test_doctor_flags_an_unbalanced_router(tmp_path):
+    """The doctor reads moe_max_load: past 2x the mean it asks for a stronger balancing loss; a router
+    that sends everything to top_k of its experts (experts / top_k times the mean) has collapsed."""
+    import json
+
+    from trainlab.doctor import diagnose
+
+    run = tmp_path / "moe"
+    cli("train", "--preset", "tiny", "--run-dir", str(run), "--set", "model.moe.experts=8",
+        "--set", "model.moe.top_k=2", "--set", "model.moe.aux_loss_weight=0.02", "--set", "train.max_steps=16")
+    path = run / "metrics.jsonl"
+    rows = read_rows(path)
+
+    def findings(load):  # the same run, as if its router had balanced this well
+        path.write_text("".join(json.dumps({**r, "moe_max_load": load} if r["split"] == "train" else r) + "\n"
+                                for r in rows))
+        return {f.id: f for f in diagnose(run, check_data=False).findings}
+
+    assert "expert_imbalance" not in findings(1.3)
+    f = findings(2.6)["expert_imbalance"]
+    assert f.severity == "medium" and "2.60x" in f.evidence and "8 experts" in f.evidence
+    assert f.suggested_overrides == {"model.moe.aux_loss_weight": 0.06}
+    assert findings(3.9)["expert_imbalance"].severity == "high"

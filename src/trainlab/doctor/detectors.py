@@ -419,6 +419,32 @@ def schedule_decays_too_early(c: Curves) -> Optional[Finding]:
 
 
 # --------------------------------------------------------------------------------------------
+# mixture of experts
+
+
+def expert_imbalance(c: Curves) -> Optional[Finding]:
+    """The most-loaded expert gets more than 2x the mean load (over the last quarter of the run)."""
+    steps, load = c.s.col("moe_max_load")
+    if len(load) < 4:
+        return None
+    recent = float(np.median(load[steps >= steps[-1] * 0.75]))
+    if recent <= 2.0:
+        return None
+    cfg = c.s.fact("config")
+    experts = cfg.model.moe.experts if cfg is not None else None
+    weight = cfg.model.moe.aux_loss_weight if cfg is not None else None
+    collapsed = experts is not None and recent >= 0.9 * experts / cfg.model.moe.top_k
+    evidence = (f"over the last quarter of the run the most-loaded expert received {recent:.2f}x the mean load"
+                + (f" of {experts} experts" if experts else "") + (f" (load-balancing weight {weight:g})" if weight is not None else "")
+                + (": routing has collapsed onto a few experts, the others barely train." if collapsed else "."))
+    overrides = {"model.moe.aux_loss_weight": _round_lr(max((weight or 0.01) * 3, 0.01))}
+    return Finding("expert_imbalance", "high" if collapsed else "medium", evidence,
+                   "Raise the load-balancing weight so the router spreads tokens (most runs balance between 0.01 "
+                   "and 0.1); a shared expert also takes the common patterns off the routed ones.", overrides,
+                   {"steps": steps.tolist(), "moe_max_load": load.tolist()})
+
+
+# --------------------------------------------------------------------------------------------
 # speed
 
 
@@ -472,7 +498,8 @@ def precision_mismatch(c: Curves) -> Optional[Finding]:
 
 DETECTORS: list[Callable[[Curves], Optional[Finding]]] = [
     no_warmup_instability, lr_too_high, diverged, overfitting, lr_too_low, capacity_too_small, undertrained,
-    batch_too_small, schedule_decays_too_early, clip_too_strict, input_bound, low_mfu, precision_mismatch,
+    batch_too_small, schedule_decays_too_early, clip_too_strict, expert_imbalance, input_bound, low_mfu,
+    precision_mismatch,
 ]
 # within a severity, findings are listed in this order: causes (a too-high lr) before symptoms (divergence)
 PRIORITY = [d.__name__ for d in DETECTORS] + ["repetition", "data_duplicates", "train_val_leakage"]
