@@ -21,7 +21,7 @@ def test_routing_equals_a_per_token_reference():
     torch.manual_seed(0)
     layer = MoE(moe_cfg(shared_expert=True)).eval().requires_grad_(False)
     x = torch.randn(3, 7, 32)
-    out, balance, load = layer(x)
+    out, balance, load, dropped = layer(x)
     flat = x.reshape(-1, 32)
     probs = layer.router(flat).softmax(-1)
     ref = torch.zeros_like(flat)
@@ -29,7 +29,7 @@ def test_routing_equals_a_per_token_reference():
         w, e = probs[i].topk(2)
         w = w / w.sum()
         for weight, expert in zip(w, e):
-            ref[i] += weight * layer.experts[int(expert)](token[None])[0]
+            ref[i] += weight * layer.expert(int(expert), token[None])[0]
         ref[i] += layer.shared(token[None])[0]
     torch.testing.assert_close(out.reshape(-1, 32), ref, rtol=1e-5, atol=1e-6)
     # Switch's term: experts x sum(share of assignments x mean router probability)
@@ -37,12 +37,35 @@ def test_routing_equals_a_per_token_reference():
     share = torch.bincount(chosen, minlength=4).float() / chosen.numel()
     assert abs(float(balance) - float(4 * (share * probs.mean(0)).sum())) < 1e-6
     torch.testing.assert_close(load, share)
+    assert float(dropped) == 0.0  # evaluation drops nothing
+
+
+def test_capacity_drops_late_assignments_only_while_training():
+    torch.manual_seed(0)
+    layer = MoE(moe_cfg(capacity_factor=2.0)).requires_grad_(False)  # 4 experts, top-2: room for every token
+    x = torch.randn(2, 16, 32)
+    exact = layer.eval()(x)[0]
+    full, _, _, dropped = layer.train()(x)
+    assert float(dropped) == 0.0
+    torch.testing.assert_close(full, exact, rtol=1e-5, atol=1e-6)
+    layer.capacity_factor = 0.5  # half the fair share: at least half the assignments cannot fit
+    tight, _, load, dropped = layer(x)
+    assert float(dropped) >= 0.5 and not torch.allclose(tight, exact)
+    capacity = layer.capacity(32)
+    assert capacity == 8
+    # first choices fill the buffers first: an expert that a token picked first keeps it if it fits
+    probs = layer.router(x.reshape(-1, 32)).softmax(-1)
+    first = probs.argmax(-1)
+    for e in range(4):
+        if int((first == e).sum()) <= capacity:
+            for t in torch.nonzero(first == e).flatten().tolist():
+                assert tight.reshape(-1, 32)[t].abs().sum() > 0
 
 
 def test_balancing_loss_reaches_the_router():
     torch.manual_seed(0)
     model = GPT(moe_cfg())
-    _, aux, load = model(torch.randint(0, 40, (2, 16)), with_aux=True)
+    _, aux, load, _ = model(torch.randint(0, 40, (2, 16)), with_aux=True)
     assert load.shape == (2, 4) and torch.allclose(load.sum(-1), torch.ones(2))
     aux.backward()
     assert all(float(b.mlp.router.weight.grad.abs().sum()) > 0 for b in model.blocks)
@@ -74,7 +97,7 @@ def test_training_logs_expert_load_and_export_refuses(tmp_path):
     cli("train", "--preset", "tiny", "--run-dir", str(run), "--set", "model.moe.experts=4",
         "--set", "model.moe.shared_expert=true", "--set", "train.max_steps=12")
     rows = [r for r in read_rows(run / "metrics.jsonl") if r["split"] == "train"]
-    assert rows and all({"loss_ce", "loss_aux", "moe_max_load"} <= set(r) for r in rows)
+    assert rows and all({"loss_ce", "loss_aux", "moe_max_load", "moe_dropped"} <= set(r) for r in rows)
     for r in rows:  # the logged total is the cross entropy plus the weighted balancing term
         assert abs(r["loss"] - (r["loss_ce"] + r["loss_aux"])) < 1e-4
         assert 1.0 <= r["moe_max_load"] <= 4.0

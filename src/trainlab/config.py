@@ -34,6 +34,9 @@ class MoEConfig(_Section):
     """Weight of the load-balancing loss (Switch Transformer's: experts x sum of load share x mean router prob)."""
     norm_topk: bool = True
     """Renormalise the chosen experts' router probabilities to sum to one."""
+    capacity_factor: float = Field(1.5, gt=0.0)
+    """While training, each expert takes at most this x its fair share of a batch's assignments (fixed
+    shapes for torch.compile); the rest are dropped and counted (moe_dropped). Evaluation drops none."""
 
     @model_validator(mode="after")
     def _top_k_fits(self) -> "MoEConfig":

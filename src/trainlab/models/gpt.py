@@ -123,40 +123,67 @@ class SwiGLU(nn.Module):
 class MoE(nn.Module):
     """Top-k routed SwiGLU experts, optionally with a shared expert every token passes through.
 
-    Tokens are sorted by expert and each expert runs once on its tokens, so compute grows with top_k,
-    not with the number of experts. `balance` is Switch Transformer's load-balancing term,
-    experts x sum_e (share of assignments to e) x (mean router probability of e): 1 when balanced.
+    Dispatch has fixed shapes, so torch.compile builds one graph: each expert takes at most
+    `capacity` tokens per batch (capacity_factor x its fair share while training; every token in
+    evaluation), gathered into an (experts, capacity, d_model) buffer and run as two batched matmuls.
+    First choices fill the buffers before second choices; an assignment past an expert's capacity is
+    dropped (the token keeps its residual path and shared expert). `balance` is Switch Transformer's
+    load-balancing term, experts x sum_e (share of assignments to e) x (mean router probability of e):
+    1 when balanced.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         m = cfg.moe
-        self.n_experts, self.top_k, self.norm_topk = m.experts, m.top_k, m.norm_topk
+        self.n_experts, self.top_k, self.norm_topk, self.capacity_factor = m.experts, m.top_k, m.norm_topk, m.capacity_factor
+        hidden = m.expert_hidden or cfg.ffn_hidden_size
         self.router = nn.Linear(cfg.d_model, m.experts, bias=False)
-        self.experts = nn.ModuleList(SwiGLU(cfg, m.expert_hidden) for _ in range(m.experts))
+        self.gate_up_weight = nn.Parameter(torch.empty(m.experts, 2 * hidden, cfg.d_model))
+        self.down_weight = nn.Parameter(torch.empty(m.experts, cfg.d_model, hidden))
+        for w in (self.gate_up_weight, self.down_weight):  # the GPT around it re-initialises with depth scaling
+            nn.init.normal_(w, std=cfg.init_std)
         self.shared = SwiGLU(cfg, m.expert_hidden) if m.shared_expert else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Output, balance term and each expert's share of the assignments."""
-        shape = x.shape
+    def capacity(self, n_tokens: int) -> int:
+        if not self.training:
+            return n_tokens
+        return min(n_tokens, math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts))
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert e alone on tokens x (for tests and reading)."""
+        gate, up = F.linear(x, self.gate_up_weight[e]).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, self.down_weight[e])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Output, balance term, each expert's share of the assignments, share of assignments dropped."""
+        shape, E, k = x.shape, self.n_experts, self.top_k
         x = x.reshape(-1, shape[-1])
+        N, C = x.shape[0], self.capacity(x.shape[0])
         probs = self.router(x).float().softmax(-1)
-        weight, chosen = probs.topk(self.top_k, dim=-1)
+        weight, chosen = probs.topk(k, dim=-1)
         if self.norm_topk:
             weight = weight / weight.sum(-1, keepdim=True)
-        flat = chosen.flatten()
-        order = flat.argsort(stable=True)
-        token = order // self.top_k
-        counts = torch.bincount(flat, minlength=self.n_experts)
-        routed = x[token]
-        outs = [expert(part) for expert, part in zip(self.experts, routed.split(counts.tolist()))]
-        y = torch.cat(outs) * weight.flatten()[order, None].to(x.dtype)
-        out = torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
+        # assignments in priority order: every token's first choice, then every second choice, ...
+        expert = chosen.t().reshape(-1)  # (k N,)
+        token = torch.arange(N, device=x.device).repeat(k)
+        onehot = F.one_hot(expert, E)
+        position = ((onehot.cumsum(0) - 1) * onehot).sum(-1)  # place in its expert's buffer
+        kept = position < C
+        slot = torch.where(kept, expert * C + position, E * C)  # E * C: a spare row for the dropped
+        # which token fills each buffer slot (N: an all-zero row for slots left empty)
+        filler = torch.full((E * C + 1,), N, dtype=torch.long, device=x.device).scatter(0, slot, token)
+        padded = torch.cat([x, x.new_zeros(1, x.shape[1])])
+        h = padded[filler[:-1]].view(E, C, -1)
+        gate, up = torch.bmm(h, self.gate_up_weight.transpose(1, 2).to(h.dtype)).chunk(2, dim=-1)
+        y = torch.bmm(F.silu(gate) * up, self.down_weight.transpose(1, 2).to(h.dtype)).reshape(E * C, -1)
+        y = torch.cat([y, y.new_zeros(1, y.shape[1])])[slot]
+        scale = (weight.t().reshape(-1) * kept).to(y.dtype)
+        out = torch.zeros_like(x, dtype=torch.float32).index_add_(0, token, (y * scale[:, None]).float()).to(x.dtype)
         if self.shared is not None:
             out = out + self.shared(x)
-        load = counts.float() / flat.numel()
-        balance = self.n_experts * (load * probs.mean(0)).sum()
-        return out.reshape(shape), balance, load
+        load = onehot.sum(0).float() / expert.numel()
+        balance = E * (load * probs.mean(0)).sum()
+        return out.reshape(shape), balance, load, 1.0 - kept.float().mean()
 
 
 class Block(nn.Module):
@@ -171,9 +198,9 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, cache=None, layer=0, stats: Optional[list] = None):
         x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache, layer))
         if isinstance(self.mlp, MoE):
-            y, balance, load = self.mlp(self.mlp_norm(x))
+            y, balance, load, dropped = self.mlp(self.mlp_norm(x))
             if stats is not None:
-                stats.append((balance, load))
+                stats.append((balance, load, dropped))
             return x + self.drop(y)
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
@@ -203,7 +230,7 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("norm.weight") or p.ndim < 2:
                 nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.zeros_(p)
-            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+            elif name.endswith(("o_proj.weight", "down_proj.weight", "down_weight")):
                 nn.init.normal_(p, mean=0.0, std=residual_std)
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
@@ -215,7 +242,8 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None, with_aux: bool = False):
         """Logits (B, T, vocab) for token ids (B, T). With a cache, positions continue after it.
 
-        with_aux (mixture of experts): (logits, weighted load-balancing loss, expert load (layers, experts))."""
+        with_aux (mixture of experts): (logits, weighted load-balancing loss, expert load (layers, experts),
+        share of assignments dropped at capacity (layers,))."""
         T = idx.shape[1]
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.seq_len:
@@ -231,9 +259,11 @@ class GPT(nn.Module):
         if not with_aux:
             return logits
         if not stats:
-            return logits, logits.new_zeros((), dtype=torch.float32), logits.new_zeros((0, 0), dtype=torch.float32)
-        aux = self.cfg.moe.aux_loss_weight * torch.stack([b for b, _ in stats]).mean()
-        return logits, aux, torch.stack([load for _, load in stats]).detach()
+            zero = logits.new_zeros((), dtype=torch.float32)
+            return logits, zero, logits.new_zeros((0, 0), dtype=torch.float32), zero
+        aux = self.cfg.moe.aux_loss_weight * torch.stack([s[0] for s in stats]).mean()
+        return (logits, aux, torch.stack([s[1] for s in stats]).detach(),
+                torch.stack([s[2] for s in stats]).detach())
 
     def use_attention(self, kernel: str) -> None:
         for block in self.blocks:
@@ -265,7 +295,7 @@ class GPT(nn.Module):
         n = self.num_params()
         m = self.cfg.moe
         if m.experts:
-            per_expert = sum(p.numel() for p in self.blocks[0].mlp.experts[0].parameters())
+            per_expert = 3 * self.cfg.d_model * (m.expert_hidden or self.cfg.ffn_hidden_size)
             n -= self.cfg.n_layer * (m.experts - m.top_k) * per_expert
         return n
 

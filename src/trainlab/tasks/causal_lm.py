@@ -24,14 +24,14 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float 
 
 def gpt_loss(cfg: RunConfig, forward: Forward, inputs: torch.Tensor, targets: torch.Tensor
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Cross entropy; with a mixture of experts, plus the load-balancing loss, and the expert load
-    (most-loaded expert over the mean, worst layer) for the train rows."""
+    """Cross entropy; with a mixture of experts, plus the load-balancing loss, and for the train rows the
+    expert load (most-loaded expert over the mean, worst layer) and the share of assignments dropped."""
     if not cfg.model.moe.experts:
         return lm_loss(forward(inputs), targets, cfg.train.label_smoothing), {}
-    logits, aux, load = forward(inputs, with_aux=True)
+    logits, aux, load, dropped = forward(inputs, with_aux=True)
     ce = lm_loss(logits, targets, cfg.train.label_smoothing)
     return ce + aux, {"loss_ce": ce.detach(), "loss_aux": aux.detach(),
-                      "moe_max_load": (load.amax(-1) * load.shape[-1]).amax()}
+                      "moe_max_load": (load.amax(-1) * load.shape[-1]).amax(), "moe_dropped": dropped.mean()}
 
 
 class TokenTask(Task):
