@@ -205,13 +205,12 @@ def test_pretrain_then_sft_through_the_cli(tmp_path):
     samples = read_rows(sft / "samples.jsonl")
     assert samples[0]["prompt"].startswith("<|user|>\n") and samples[0]["prompt"].endswith("<|assistant|>\n")
     # the step-0 loss is the pretrained model's: evaluate the same weights by hand
-    from trainlab.data.sft import prepare_sft as prep
     from trainlab.inference import load_run, sft_reply
     from trainlab.tasks.base import TokenMetrics
     from trainlab.tasks.sft import collate
 
     run = load_run(sft)
-    data = prep(run.cfg, log=lambda s: None)
+    data = prepare_sft(run.cfg, log=lambda s: None)
     before = load_run(pre).model
     metrics = TokenMetrics()
     n_val = min(len(data.val), 2 * 8)  # tiny: eval_batches 2 x batch_size 8
@@ -220,6 +219,8 @@ def test_pretrain_then_sft_through_the_cli(tmp_path):
         with torch.no_grad():
             metrics.add(before(inputs), targets)
     assert metrics.finish(lambda t: t)["loss"] == pytest.approx(val[0]["loss"], rel=1e-4)
+    # trainlab eval scores the run's best checkpoint (steps 15 and 30 have one) the same way
+    assert json.loads(cli("eval", str(sft)).stdout)["loss"] == pytest.approx(min(r["loss"] for r in val[1:]), rel=1e-6)
     # generate wraps the prompt in the template and stops at the end marker
     prompt = 'Who speaks the line "Now, fair Hippolyta, our nuptial hour"?'
     out = cli("generate", str(sft), "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "24").stdout
@@ -227,7 +228,7 @@ def test_pretrain_then_sft_through_the_cli(tmp_path):
     assert out == prompt + "\n" + answer + "\n" and "<|end|>" not in answer
 
 
-@pytest.mark.parametrize("case", ["no_assistant", "tokenizer_differs"])
+@pytest.mark.parametrize("case", ["no_assistant", "tokenizer_differs", "vocab_differs"])
 def test_bad_sft_input_exits_2_with_one_line(tmp_path, case):
     pre = tmp_path / "pre"
     if case == "no_assistant":
@@ -238,10 +239,15 @@ def test_bad_sft_input_exits_2_with_one_line(tmp_path, case):
     else:
         cli("train", "--preset", "tiny", "--set", "data.tokenizer=byte", "--set", "train.max_steps=2",
             "--run-dir", str(pre))
-        other = tmp_path / "char.json"
-        other.write_text(json.dumps({"trainlab": "char", "chars": list("abc<|>\n")}))
-        argv = ["--set", f"init_from={pre}", "--set", f"data.tokenizer={other}", "--set", "data.source=shakespeare-qa"]
-        fragment = "is not the tokenizer init_from"
+        argv = ["--set", f"init_from={pre}", "--set", "data.source=shakespeare-qa", "--set", "model.seq_len=128"]
+        if case == "tokenizer_differs":
+            other = tmp_path / "char.json"
+            other.write_text(json.dumps({"trainlab": "char", "chars": list("abc<|>\n")}))
+            argv += ["--set", f"data.tokenizer={other}"]
+            fragment = "is not the tokenizer init_from"
+        else:
+            argv += ["--set", "model.vocab_size=300"]
+            fragment = "model.vocab_size=300 does not fit init_from"
     proc = cli("train", "--preset", "tiny", "--set", "task=sft", *argv, "--run-dir", str(tmp_path / "new"),
                check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and fragment in proc.stderr, proc.stderr

@@ -85,6 +85,9 @@ def evaluate_run(run_dir: Path, data_path: Optional[Path] = None) -> dict:
         if not Path(data_path).exists():
             raise TrainlabError(f"--data '{data_path}' does not exist")
         data_cfg = data_cfg.model_copy(update={"source": str(data_path), "tokenizer": str(Path(run_dir) / "tokenizer.json")})
+    if cfg.task == "sft":  # the run's own tokenizer: init_from mattered only when training started
+        data_cfg = data_cfg.model_copy(update={"tokenizer": str(Path(run_dir) / "tokenizer.json")})
+        cfg = cfg.model_copy(update={"init_from": None})
     cfg = cfg.model_copy(update={"data": data_cfg, "train": cfg.train.model_copy(update={"compile": False})})
     data = task_class(cfg.task).prepare(cfg, log=lambda s: None)
     trainer = Trainer(cfg, data, Path(run_dir))

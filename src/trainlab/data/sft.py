@@ -240,7 +240,9 @@ def init_tokenizer_path(cfg: RunConfig) -> Optional[Path]:
     if not cfg.init_from:
         return None
     path = Path(cfg.init_from) / "tokenizer.json"
-    if Path(cfg.init_from).is_dir() and not path.is_file():
+    if not Path(cfg.init_from).is_dir():
+        raise ConfigError(f"init_from '{cfg.init_from}' is not a run directory")
+    if not path.is_file():
         raise ConfigError(f"init_from '{cfg.init_from}' has no tokenizer.json; an sft run takes its tokenizer "
                           f"from the run it starts from")
     return path
@@ -251,7 +253,7 @@ def given_tokenizer(cfg: RunConfig) -> Optional[Tokenizer]:
     init = init_tokenizer_path(cfg)
     named = cfg.data.tokenizer not in ("char", "byte", "bpe")
     tok = load_tokenizer(cfg.data.tokenizer) if named else None
-    if init is None or not init.is_file():
+    if init is None:
         return tok
     from_init = load_tokenizer(init)
     if tok is not None and tok.to_json() != from_init.to_json():
@@ -286,11 +288,13 @@ def prepare_sft(cfg: RunConfig, log: Callable[[str], None] = print) -> SFTData:
         log(f"preparing {path} (sft, tokenizer {spec}) -> {final}")
         _build(cfg, path, tok, final)
     meta = json.loads((final / "meta.json").read_text())
-    skipped = meta["broken_lines"] + meta["no_assistant"] + meta["no_response_left"]
+    skipped = [f"{n} {what}" for n, what in (
+        (meta["broken_lines"], f"broken lines (first: {', '.join(map(str, meta['first_broken_lines']))}; "
+                               f"data.strict=true fails on them)"),
+        (meta["no_assistant"], "conversations without an assistant message"),
+        (meta["no_response_left"], "conversations whose response lies beyond model.seq_len")) if n]
     if skipped:
-        log(f"warning: skipped {meta['broken_lines']} broken lines (first: {meta['first_broken_lines']}), "
-            f"{meta['no_assistant']} conversations without an assistant message and {meta['no_response_left']} "
-            f"whose response lies beyond model.seq_len; set data.strict=true to fail on broken lines")
+        log(f"warning: skipped {', '.join(skipped)} of {path}")
     tok = load_tokenizer(final / "tokenizer.json")
     return SFTData(Examples.load(final, "train"), Examples.load(final, "val"), tok, Template(cfg.sft, tok),
                    meta, final)
@@ -306,7 +310,7 @@ def _build(cfg: RunConfig, path: Path, tok: Optional[Tokenizer], final: Path) ->
             raise DataError(f"the {name} share of '{path}' is empty ({len(conversations)} conversations, "
                             f"data.val_fraction={cfg.data.val_fraction}); give more examples or change data.val_fraction")
     if tok is None:
-        tok = train_tokenizer(cfg.data, [text for m in split["train"] for text in _render(cfg.sft, m)])
+        tok = train_tokenizer(cfg.data, _template_texts(cfg.sft) + [text for m in split["train"] for text in _render(m)])
     template = Template(cfg.sft, tok)
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
     meta = {"format": FORMAT_VERSION, "source": str(path), "vocab_size": tok.vocab_size,
@@ -334,9 +338,12 @@ def _build(cfg: RunConfig, path: Path, tok: Optional[Tokenizer], final: Path) ->
         raise
 
 
-def _render(sft: SFTConfig, messages: list[Message]) -> list[str]:
-    """The template's texts of a conversation, for training a tokenizer that can write them."""
-    return [text for m in messages for text in (getattr(sft, m["role"]), m["content"], sft.end, sft.turn_end)]
+def _template_texts(sft: SFTConfig) -> list[str]:
+    return [sft.system, sft.user, sft.assistant, sft.turn_end, sft.end]
+
+
+def _render(messages: list[Message]) -> list[str]:
+    return [m["content"] for m in messages]
 
 
 def _fit(items: list[tuple[np.ndarray, np.ndarray]], seq_len: int, meta: dict) -> list[tuple[np.ndarray, np.ndarray]]:
