@@ -239,10 +239,12 @@ def init_tokenizer_path(cfg: RunConfig) -> Optional[Path]:
     """init_from's tokenizer.json, which an SFT run must use (its embeddings were trained on those ids)."""
     if not cfg.init_from:
         return None
-    path = Path(cfg.init_from) / "tokenizer.json"
-    if not Path(cfg.init_from).is_dir():
+    root = Path(cfg.init_from)
+    if not root.is_dir():
         raise ConfigError(f"init_from '{cfg.init_from}' is not a run directory")
-    if not path.is_file():
+    # a run's tokenizer.json; an exported directory keeps a char or byte vocabulary as trainlab_tokenizer.json
+    path = next((p for p in (root / "tokenizer.json", root / "trainlab_tokenizer.json") if p.is_file()), None)
+    if path is None:
         raise ConfigError(f"init_from '{cfg.init_from}' has no tokenizer.json; an sft run takes its tokenizer "
                           f"from the run it starts from")
     return path
