@@ -143,10 +143,13 @@ def test_held_out_split_is_deterministic_and_disjoint(tmp_path):
 
 def test_shakespeare_qa_answers_come_from_the_corpus():
     from trainlab.data.corpora import get_corpus
-    from trainlab.data.shakespeare_qa import PER_KIND, PLAYS, get_dataset
+    from trainlab.data.shakespeare_qa import PER_KIND, PLAYS, build_examples, get_dataset
 
     text = get_corpus("shakespeare").read_text()
+    built = build_examples(text)
+    assert built == build_examples(text)  # deterministic, and what the cached file holds
     rows = [json.loads(line) for line in get_dataset().read_text().splitlines()]
+    assert rows == built
     assert len(rows) == 3 * PER_KIND and {r["kind"] for r in rows} == {"who", "play", "next"}
     titles = sorted((m.start(), t) for t in PLAYS for m in re.finditer(rf"\n\n{re.escape(t)}\n\n", "\n\n" + text))
     measure = text.index("ACT I\n\nSCENE I. An apartment in the DUKE'S palace.")

@@ -34,6 +34,8 @@ DESCRIPTION = ("Questions on Shakespeare's plays answered from the text (who spe
                "from, the line after it), built from the shakespeare corpus; public domain.")
 PER_KIND = 1500
 MIN_WORDS = 6
+# the built file; every machine must build exactly this from the pinned corpus
+SHA256 = "51f1db508e8eb295e52c89b1a2856889f7b26629d9c3ba93f71fef0454a8d599"
 
 # The plays in corpus order. Measure for Measure's text has no title line: it starts at its ACT I.
 PLAYS = (
@@ -152,33 +154,28 @@ def get_dataset(cache_dir: Optional[Path] = None, quiet: bool = False) -> Path:
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
     corpus = get_corpus("shakespeare", cache_dir, quiet=quiet)
     path = dataset_path(cache_dir)
-    meta_path = path.with_suffix(".json")
-    source_sha = hashlib.sha256(corpus.read_bytes()).hexdigest()
-    if _is_current(path, meta_path, source_sha):
+    if _is_valid(path):
         return path
     with open(path.parent / f".{NAME}.lock", "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        if not _is_current(path, meta_path, source_sha):
-            _build(corpus, path, meta_path, source_sha)
+        if not _is_valid(path):
+            _build(corpus, path)
     return path
 
 
-def _is_current(path: Path, meta_path: Path, source_sha: str) -> bool:
-    if not (path.exists() and meta_path.exists()):
-        return False
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except ValueError:
-        return False
-    return (meta.get("source_sha256") == source_sha and meta.get("per_kind") == PER_KIND
-            and meta.get("sha256") == hashlib.sha256(path.read_bytes()).hexdigest())
+def _is_valid(path: Path) -> bool:
+    return path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == SHA256
 
 
-def _build(corpus: Path, path: Path, meta_path: Path, source_sha: str) -> None:
+def _build(corpus: Path, path: Path) -> None:
     examples = build_examples(corpus.read_text(encoding="utf-8"))
     data = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples).encode("utf-8")
-    meta = {"name": NAME, "source": "shakespeare", "source_sha256": source_sha, "per_kind": PER_KIND,
-            "examples": len(examples), "kinds": dict(Counter(e["kind"] for e in examples)),
-            "sha256": hashlib.sha256(data).hexdigest(), "description": DESCRIPTION}
+    sha = hashlib.sha256(data).hexdigest()
+    if sha != SHA256:
+        raise DataError(f"the built {NAME} has sha256 {sha}, expected {SHA256}; the corpus is the pinned one, "
+                        f"so this is a trainlab bug")
+    meta = {"name": NAME, "source": "shakespeare", "source_sha256": hashlib.sha256(corpus.read_bytes()).hexdigest(),
+            "examples": len(examples), "kinds": dict(Counter(e["kind"] for e in examples)), "sha256": sha,
+            "description": DESCRIPTION}
+    _write_atomic(path.with_suffix(".json"), (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
     _write_atomic(path, data)
-    _write_atomic(meta_path, (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
