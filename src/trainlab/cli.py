@@ -15,7 +15,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 data_app = typer.Typer(no_args_is_help=True, help="Bundled corpora: list, fetch, check.")
 app.add_typer(data_app, name="data")
 
-PRESET = typer.Option(None, "--preset", help="A named preset (tiny, shakespeare-char, shakespeare-bpe).")
+PRESET = typer.Option(None, "--preset", help="A named preset (tiny, shakespeare-char, shakespeare-bpe, shakespeare-sft).")
 CONFIG = typer.Option(None, "--config", help="A YAML config file (applied on top of the preset).")
 SET = typer.Option(None, "--set", help="Override one key: --set optim.lr=1e-3 (repeatable).")
 
@@ -262,15 +262,20 @@ def data_list() -> None:
     for c in CORPORA.values():
         here = "cached" if corpus_path(c.name, default_cache_dir()).exists() else "not fetched"
         print(f"{c.name:14s} {c.package}=={c.version:10s} {here:12s} {c.description}")
+    from trainlab.data import shakespeare_qa
+
+    here = "cached" if shakespeare_qa.dataset_path(default_cache_dir()).exists() else "not built"
+    print(f"{shakespeare_qa.NAME:14s} {'(built here)':17s} {here:12s} {shakespeare_qa.DESCRIPTION}")
 
 
 @data_app.command("get")
 def data_get(name: str = typer.Argument(...),
              cache_dir: Optional[Path] = typer.Option(None, "--cache-dir")) -> None:
     """Fetch a bundled corpus into the cache (verified by sha256) and print its path."""
+    from trainlab.data import shakespeare_qa
     from trainlab.data.corpora import get_corpus
 
-    print(get_corpus(name, cache_dir))
+    print(shakespeare_qa.get_dataset(cache_dir) if name == shakespeare_qa.NAME else get_corpus(name, cache_dir))
 
 
 @data_app.command("check")

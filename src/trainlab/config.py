@@ -230,6 +230,21 @@ class GuardConfig(_Section):
     """Give up (exit 1, checkpoints intact) after this many rollbacks."""
 
 
+class SFTConfig(_Section):
+    system: str = "<|system|>\n"
+    """Chat template: text before a system message."""
+    user: str = "<|user|>\n"
+    """Chat template: text before a user message."""
+    assistant: str = "<|assistant|>\n"
+    """Chat template: text before an assistant message (the prompt of a generation ends with it)."""
+    turn_end: str = "\n"
+    """Chat template: text after a system or user message."""
+    end: str = Field("<|end|>", min_length=1)
+    """Chat template: the end marker after each assistant message; trained on, and generation stops there."""
+    eval_at_start: bool = True
+    """Evaluate once at step 0, before any update, so the run records the loss it started from."""
+
+
 class RunConfig(_Section):
     task: Literal["causal_lm", "sft", "masked_lm", "series_tokenizer"] = "causal_lm"
     """What to train."""
@@ -245,6 +260,8 @@ class RunConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    """Instruction fine-tuning (task sft): the chat template."""
 
     @property
     def tokens_per_step(self) -> int:

@@ -54,8 +54,9 @@ def process_logits(logits: torch.Tensor, seen: Optional[torch.Tensor], temperatu
 @torch.no_grad()
 def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, repetition_penalty: float = 1.0, seed: Optional[int] = None,
-             use_cache: bool = True, eos_id: Optional[int] = None) -> torch.Tensor:
-    """Continue `prompt` (B, T) by up to `max_new_tokens`; returns the new tokens (B, N)."""
+             use_cache: bool = True, eos_id: Optional[int] = None, stop: Optional[list[int]] = None) -> torch.Tensor:
+    """Continue `prompt` (B, T) by up to `max_new_tokens`; returns the new tokens (B, N). Generation ends
+    early at `eos_id`, or once every row's new tokens end with the sequence `stop` (a multi-token end marker)."""
     was_training = model.training
     model.eval()
     device = prompt.device
@@ -84,6 +85,8 @@ def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int, temperature:
         seq = torch.cat([seq, nxt], dim=1)
         out.append(nxt)
         if eos_id is not None and bool((nxt == eos_id).all()):
+            break
+        if stop and len(out) >= len(stop) and bool((torch.cat(out[-len(stop):], 1) == torch.tensor(stop, device=device)).all()):
             break
     model.train(was_training)
     return torch.cat(out, dim=1) if out else prompt[:, :0]

@@ -51,6 +51,8 @@ def generate_text(run_dir: Path, prompt: str, max_new_tokens: int, temperature: 
     from trainlab.generate import generate
 
     run = load_run(run_dir)
+    if run.cfg.task == "sft":
+        return "\n" + sft_reply(run, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     ids = list(run.tokenizer.encode(prompt)) if prompt else []
     if not ids:  # no prompt: start from a document boundary (eos) or a newline
         nl = run.tokenizer.encode("\n")
@@ -59,6 +61,17 @@ def generate_text(run_dir: Path, prompt: str, max_new_tokens: int, temperature: 
     new = generate(run.model, x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                    repetition_penalty=repetition_penalty, seed=seed, eos_id=run.tokenizer.eos_id)
     return run.tokenizer.decode(new[0].tolist())
+
+
+def sft_reply(run: LoadedRun, prompt: str, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+              repetition_penalty: float, seed: Optional[int]) -> str:
+    """An SFT run's answer: the prompt wrapped in the run's chat template, generation stopped at its end marker."""
+    from trainlab.data.sft import Template
+    from trainlab.tasks.sft import reply
+
+    template = Template(run.cfg.sft, run.tokenizer)
+    return reply(run.model, template, template.prompt(prompt), max_new_tokens, temperature, top_k, top_p,
+                 repetition_penalty, seed)
 
 
 def evaluate_run(run_dir: Path, data_path: Optional[Path] = None) -> dict:
@@ -72,6 +85,9 @@ def evaluate_run(run_dir: Path, data_path: Optional[Path] = None) -> dict:
         if not Path(data_path).exists():
             raise TrainlabError(f"--data '{data_path}' does not exist")
         data_cfg = data_cfg.model_copy(update={"source": str(data_path), "tokenizer": str(Path(run_dir) / "tokenizer.json")})
+    if cfg.task == "sft":  # the run's own tokenizer: init_from mattered only when training started
+        data_cfg = data_cfg.model_copy(update={"tokenizer": str(Path(run_dir) / "tokenizer.json")})
+        cfg = cfg.model_copy(update={"init_from": None})
     cfg = cfg.model_copy(update={"data": data_cfg, "train": cfg.train.model_copy(update={"compile": False})})
     data = task_class(cfg.task).prepare(cfg, log=lambda s: None)
     trainer = Trainer(cfg, data, Path(run_dir))
@@ -80,6 +96,7 @@ def evaluate_run(run_dir: Path, data_path: Optional[Path] = None) -> dict:
     if data_path is not None:
         import numpy as np
 
-        tokens = np.concatenate([np.asarray(data.train), np.asarray(data.val)])
+        tokens = data.combined() if hasattr(data, "combined") else np.concatenate([np.asarray(data.train),
+                                                                                    np.asarray(data.val)])
     result = trainer.evaluate(tokens)
     return {"run": str(run_dir), "step": run.step, "data": str(data_path or cfg.data.source), **result}

@@ -35,6 +35,22 @@ def shakespeare_bpe() -> RunConfig:
     return cfg
 
 
+def shakespeare_sft() -> RunConfig:
+    """Instruction fine-tuning on shakespeare-qa, shaped like shakespeare-bpe so `init_from` a shakespeare-bpe
+    run fits. After seed 003's fine-tuning advice: a lower lr than pretraining (a third), warmup, gradient
+    accumulation 2, early stopping with patience."""
+    cfg = shakespeare_bpe()
+    cfg.task = "sft"
+    cfg.data = cfg.data.model_copy(update=dict(source="shakespeare-qa"))
+    cfg.optim = cfg.optim.model_copy(update=dict(lr=1e-3, weight_decay=0.0))
+    cfg.schedule = cfg.schedule.model_copy(update=dict(name="cosine", warmup_steps=10, min_lr_ratio=0.1))
+    cfg.train = cfg.train.model_copy(update=dict(batch_size=16, grad_accum=2, max_seconds=120.0, eval_interval=40,
+                                                 eval_batches=20, log_interval=10, sample_tokens=48, compile=False))
+    cfg.early_stopping = cfg.early_stopping.model_copy(update=dict(patience=3, min_delta=0.001))
+    cfg.checkpoint = cfg.checkpoint.model_copy(update=dict(interval=200))
+    return cfg
+
+
 def tiny() -> RunConfig:
     """For tests: a few thousand parameters, fp32, eager, a few steps."""
     cfg = shakespeare_char()
@@ -52,6 +68,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "tiny": tiny,
     "shakespeare-char": shakespeare_char,
     "shakespeare-bpe": shakespeare_bpe,
+    "shakespeare-sft": shakespeare_sft,
 }
 
 

@@ -68,6 +68,11 @@ class Task:
         """Metrics on the fixed validation subset (this process's share, summed with `reduce`)."""
         raise NotImplementedError
 
+    @property
+    def eval_at_start(self) -> bool:
+        """Evaluate once at step 0, before any update (the loss a fine-tune starts from)."""
+        return False
+
     def sample(self, model: nn.Module, n_tokens: int) -> Optional[dict[str, str]]:
         """A generation for samples.jsonl, or None when the task has none."""
         return None

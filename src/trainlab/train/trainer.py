@@ -390,6 +390,9 @@ class Trainer:
         stop_reason = "budget"
         window_tokens, window_start = 0, time.perf_counter()
         try:
+            if not resumed and self.progress.step == 0 and self.task.eval_at_start:
+                last_val = self._evaluate_and_sample(emit, samples, say, console)
+                window_start = time.perf_counter()
             while not self.budget_done():
                 t0 = time.perf_counter()
                 out = self.train_step()
