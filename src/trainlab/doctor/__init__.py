@@ -49,12 +49,17 @@ def diagnose_series(series: RunSeries, probe: bool = False, check_data: bool = T
     from trainlab.doctor import repetition
 
     if series.source == "trainlab":
-        if check_data:
+        cfg = series.fact("config")
+        task = cfg.task if cfg is not None else "causal_lm"
+        if check_data and task in ("causal_lm", "masked_lm"):  # text corpora; the others check their own input
             _data_findings(diag)
-        if probe:
+        found = None
+        if probe and task != "causal_lm":
+            diag.notes.append(f"--probe generates continuations of a causal LM; this run's task is {task}: skipped")
+        elif probe:
             diag.probe = repetition.probe_run(series.path)
             found = repetition.finding(diag.probe)
-        else:
+        elif task in ("causal_lm", "sft"):
             found = repetition.finding_from_samples(series.samples)
         if found:
             diag.findings.append(found)
