@@ -170,9 +170,17 @@ def generate(run: Path = typer.Argument(..., help="A run directory."),
              top_k: int = typer.Option(0, "--top-k", min=0), top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
              repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.01),
              seed: Optional[int] = typer.Option(None, "--seed")) -> None:
-    """Sample text from a run's best checkpoint."""
+    """Sample text from a run's best checkpoint (a series run: reconstruct a validation window, --seed picks it)."""
     from trainlab.inference import generate_text
+    from trainlab.train.run import saved_config
 
+    if run.is_dir() and (run / "config.yaml").exists() and saved_config(run).get("task") == "series_tokenizer":
+        from trainlab.tasks.series_tokenizer import reconstruct
+
+        r = reconstruct(run, index=seed or 0)
+        print(f"validation window from {r['window_start']}: reconstruction mse {r['mse']:.4f} (normalised units), "
+              f"uniform scalar quantisation at the same bits {r['mse_uniform']:.4f}\nplot: {r['plot']}")
+        return
     text = generate_text(run, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     print(prompt + text)
 

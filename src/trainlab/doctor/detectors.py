@@ -419,6 +419,26 @@ def schedule_decays_too_early(c: Curves) -> Optional[Finding]:
 
 
 # --------------------------------------------------------------------------------------------
+# series tokenizer
+
+
+def negative_loss_explained(c: Curves) -> Optional[Finding]:
+    """A Kronos-style tokenizer's total loss below zero: the quantiser's entropy reward, not a bug (seed 004)."""
+    steps, quant = c.s.col("loss_quant")
+    _, recon = c.s.col("loss_all")
+    if not len(quant) or not len(recon) or c.n == 0 or float(c.loss.min()) >= 0:
+        return None
+    i = int(c.loss.argmin())
+    evidence = (f"the total loss went as low as {float(c.loss[i]):.4f} (step {int(c.tsteps[i])}). It is "
+                f"(mse_pre + mse_all + quantiser loss) / 2, and the quantiser loss reached {float(quant.min()):.4f}: "
+                f"its codebook-entropy term is subtracted (a reward for spreading over many codes), so it can be "
+                f"negative while the reconstruction errors stay positive (last mse_all {float(recon[-1]):.4f}).")
+    return Finding("negative_loss_explained", "low", evidence,
+                   "Nothing is broken. Judge the tokenizer by its validation reconstruction (mse, and mse_ratio "
+                   "against uniform quantisation) and its codebook usage, not by the sign of the total.")
+
+
+# --------------------------------------------------------------------------------------------
 # mixture of experts
 
 
@@ -498,8 +518,8 @@ def precision_mismatch(c: Curves) -> Optional[Finding]:
 
 DETECTORS: list[Callable[[Curves], Optional[Finding]]] = [
     no_warmup_instability, lr_too_high, diverged, overfitting, lr_too_low, capacity_too_small, undertrained,
-    batch_too_small, schedule_decays_too_early, clip_too_strict, expert_imbalance, input_bound, low_mfu,
-    precision_mismatch,
+    batch_too_small, schedule_decays_too_early, clip_too_strict, expert_imbalance, negative_loss_explained,
+    input_bound, low_mfu, precision_mismatch,
 ]
 # within a severity, findings are listed in this order: causes (a too-high lr) before symptoms (divergence)
 PRIORITY = [d.__name__ for d in DETECTORS] + ["repetition", "data_duplicates", "train_val_leakage"]

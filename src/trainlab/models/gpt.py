@@ -69,6 +69,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
         self.kernel = "sdpa"  # or "math"; chosen for the device and precision by `GPT.use_attention`
+        self.causal = True  # an encoder (the series tokenizer's) attends both ways
 
     def forward(self, x, cos, sin, cache: Optional[KVCache] = None, layer: int = 0):
         B, T, C = x.shape
@@ -87,22 +88,26 @@ class Attention(nn.Module):
                 if T > 1:
                     mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
         drop = self.dropout if self.training else 0.0
+        causal = causal and self.causal
         if self.kernel == "math" and cache is None:
-            y = math_attention(q, k, v, drop)
+            y = math_attention(q, k, v, drop, causal)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                                dropout_p=drop)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
-def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
-    """Causal softmax(QK^T / sqrt(d)) V written out, softmax in fp32. On a CPU under bf16 autocast,
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0,
+                   causal: bool = True) -> torch.Tensor:
+    """softmax(QK^T / sqrt(d)) V written out (causal unless told), softmax in fp32. On a CPU under bf16 autocast,
     torch.compile fuses this into kernels about 3x faster than the flash kernel of
     scaled_dot_product_attention at the short sequences small models use (bench/throughput.py)."""
     T = q.shape[-2]
     scores = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(q.shape[-1]))
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-    probs = scores.masked_fill(future, float("-inf")).softmax(-1).to(v.dtype)
+    if causal:
+        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    probs = scores.softmax(-1).to(v.dtype)
     if dropout:
         probs = F.dropout(probs, dropout)
     return probs @ v
