@@ -269,11 +269,11 @@ def data_list() -> None:
 
     for c in CORPORA.values():
         here = "cached" if corpus_path(c.name, default_cache_dir()).exists() else "not fetched"
-        print(f"{c.name:14s} {c.package}=={c.version:10s} {here:12s} {c.description}")
+        print(f"{c.name:14s} {c.package + '==' + c.version:20s} {here:12s} {c.description}")
     from trainlab.data import shakespeare_qa
 
     here = "cached" if shakespeare_qa.dataset_path(default_cache_dir()).exists() else "not built"
-    print(f"{shakespeare_qa.NAME:14s} {'(built here)':17s} {here:12s} {shakespeare_qa.DESCRIPTION}")
+    print(f"{shakespeare_qa.NAME:14s} {'(built here)':20s} {here:12s} {shakespeare_qa.DESCRIPTION}")
 
 
 @data_app.command("get")
