@@ -96,3 +96,18 @@ def test_too_many_rollbacks_stop_with_intact_checkpoints(tmp_path, monkeypatch):
 
     manager = CheckpointManager(tmp_path / "d" / "checkpoints")
     assert manager.latest_good() is not None
+
+
+def test_spike_test_handles_losses_that_go_negative(tmp_path):
+    """A series tokenizer's total loss is negative once its entropy reward wins; drifting around a negative
+    median is not a spike, a jump far above it is."""
+    from trainlab.config import resolve
+    from trainlab.tasks import prepared
+
+    cfg, data = prepared(resolve("tiny"), log=lambda s: None)
+    t = Trainer(cfg, data, tmp_path, log=lambda s: None)
+    t.progress.recent_losses = [-0.3 + 0.01 * (i % 5) for i in range(50)]
+    assert not t._is_spike(-0.2) and not t._is_spike(-0.29)
+    assert t._is_spike(1.5)
+    t.progress.recent_losses = [2.0 + 0.01 * (i % 5) for i in range(50)]  # positive: spike_factor x the median
+    assert not t._is_spike(5.9) and t._is_spike(6.2)

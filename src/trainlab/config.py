@@ -219,7 +219,8 @@ class GuardConfig(_Section):
     max_nonfinite: int = Field(3, ge=1)
     """Consecutive non-finite steps that trigger a rollback to the last good checkpoint."""
     spike_factor: float = Field(3.0, gt=1.0)
-    """A loss above spike_factor x the running median is a spike: skip the step and roll back."""
+    """A loss above spike_factor x the running median is a spike: skip the step and roll back (for losses that
+    can be negative: more than (spike_factor - 1) x max(|median|, 5 x median absolute deviation) above the median)."""
     spike_window: int = Field(50, ge=5)
     """Steps in the running median the spike test compares against."""
     lr_factor: float = Field(0.5, gt=0.0, le=1.0)

@@ -305,7 +305,11 @@ class Trainer:
         history = self.progress.recent_losses
         if len(history) < max(self.cfg.guard.spike_window // 2, 5):
             return False
-        return loss > self.cfg.guard.spike_factor * float(np.median(history))
+        # above spike_factor x the median; measured from the median with a scale that stays meaningful when a
+        # loss can be negative (a series tokenizer's entropy reward) or hovers near zero
+        median = float(np.median(history))
+        spread = float(np.median(np.abs(np.asarray(history) - median)))
+        return loss - median > (self.cfg.guard.spike_factor - 1) * max(abs(median), 5 * spread, 1e-8)
 
     def rollback(self, reason: str) -> Optional[int]:
         """Back to the last good checkpoint with a lower learning rate; None when there is none yet."""
