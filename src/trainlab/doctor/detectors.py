@@ -85,11 +85,15 @@ class Curves:
         return int(self.vsteps[i]), float(self.vloss[i])
 
     def spikes(self, factor: float = 1.5, start: int = 0) -> list[int]:
-        """Steps whose loss exceeds `factor` x the median of the preceding window."""
+        """Steps whose loss exceeds `factor` x the median of the preceding window (for a loss that can be
+        negative: (factor - 1) x max(|median|, 5 x its median absolute deviation) above the median)."""
         out = []
         for i in range(max(start, 3), self.n):
-            ref = np.median(self.loss[max(0, i - self.window * 2): i])
-            if self.loss[i] > factor * ref:
+            before = self.loss[max(0, i - self.window * 2): i]
+            ref = float(np.median(before))
+            # (factor - 1) x the median above it; the scale holds when a loss is negative or near zero
+            scale = max(abs(ref), 5 * float(np.median(np.abs(before - ref))), 1e-8)
+            if self.loss[i] - ref > (factor - 1) * scale:
                 out.append(int(self.tsteps[i]))
         return out
 
@@ -186,7 +190,7 @@ def no_warmup_instability(c: Curves) -> Optional[Finding]:
     if c.n < 10:
         return None
     warm = c.s.fact("warmup_steps")
-    if warm is None or warm > 0:
+    if warm is None or warm > 0 or c.s.fact("schedule") == "onecycle":  # onecycle rises over pct_start itself
         return None
     early_n = max(3, c.n // 20)
     early = c.loss[:early_n]
