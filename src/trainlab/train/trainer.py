@@ -81,6 +81,8 @@ def val_summary(val: dict[str, float]) -> str:
         if key in val:
             text += f" | {val[key]:.3f} {unit}"
             break
+    if "mse" in val:  # a series tokenizer: reconstruction against the uniform-quantisation baseline
+        text += f" | mse {val['mse']:.4f} (uniform quantisation {val['mse_uniform']:.4f})"
     return text + (f" | acc {val['acc']:.3f}" if "acc" in val else "")
 
 
