@@ -224,6 +224,22 @@ class GuardConfig(_Section):
     """Give up (exit 1, checkpoints intact) after this many rollbacks."""
 
 
+class MLMConfig(_Section):
+    mask_prob: float = Field(0.15, gt=0.0, lt=1.0)
+    """Share of each sequence's positions the masked LM predicts (BERT's 15%), rounded, at least one."""
+    mask_fraction: float = Field(0.8, ge=0.0, le=1.0)
+    """Of the predicted positions, the share whose input becomes [MASK]."""
+    random_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    """Of the predicted positions, the share whose input becomes a random token; the rest stay unchanged."""
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> "MLMConfig":
+        if self.mask_fraction + self.random_fraction > 1.0 + 1e-9:
+            raise ValueError(f"mlm.mask_fraction ({self.mask_fraction}) + mlm.random_fraction "
+                             f"({self.random_fraction}) cannot exceed 1")
+        return self
+
+
 class RunConfig(_Section):
     task: Literal["causal_lm", "sft", "masked_lm", "series_tokenizer"] = "causal_lm"
     """What to train."""
@@ -239,6 +255,8 @@ class RunConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    mlm: MLMConfig = Field(default_factory=MLMConfig)
+    """Masking of the masked LM (task masked_lm)."""
 
     @property
     def tokens_per_step(self) -> int:
