@@ -181,22 +181,27 @@ class MaskedLM(TokenTask):
 
     @torch.no_grad()
     def evaluate(self, forward: Forward, autocast: Callable, reduce: Reduce, tokens: Any = None) -> dict[str, float]:
-        """Loss, accuracy, top-5 and calibration on the masked positions of the fixed validation subset
-        (or of `tokens`), and the unigram entropy of those positions' targets beside them."""
+        """Loss, accuracy, top-5 and calibration on the predicted positions of the fixed validation subset
+        (or of `tokens`), the loss on those showing [MASK], and the unigram entropy of the targets."""
         subset, entropy = self.val, self.val_unigram_entropy
         if tokens is not None:
             starts = eval_starts(len(tokens), self.cfg.model.seq_len,
                                  self.cfg.train.eval_batches * self.cfg.train.batch_size * self.world)
             subset = self.masked_subset(tokens, starts)
             entropy = unigram_entropy(subset["target"])
-        metrics = TokenMetrics()
+        metrics, at_mask = TokenMetrics(), TokenMetrics()
         share = np.arange(len(subset["input"]))[self.rank::self.world]  # each process scores its share
         for part in chunks(share, self.cfg.train.batch_size):
             rows = {k: v[part].to(self.device) for k, v in subset.items()}
             with autocast():
                 logits = forward(rows["input"], rows["positions"])
-            metrics.add(logits, rows["target"].gather(1, rows["positions"]))
-        return {**self.text_units(metrics.finish(reduce)), "unigram_entropy": entropy}
+            targets = rows["target"].gather(1, rows["positions"])
+            metrics.add(logits, targets)
+            shown = rows["input"].gather(1, rows["positions"])
+            at_mask.add(logits, targets.masked_fill(shown != self.masking.mask_id, IGNORE))
+        # loss_at_mask: the positions showing [MASK] alone, where the input cannot give the answer away
+        return {**self.text_units(metrics.finish(reduce)), "loss_at_mask": at_mask.finish(reduce)["loss"],
+                "unigram_entropy": entropy}
 
     def sample(self, model: nn.Module, n_tokens: int) -> Optional[dict[str, str]]:
         """The first validation window (up to n_tokens of it) with its [MASK]s filled in."""
