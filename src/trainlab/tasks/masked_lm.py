@@ -214,7 +214,8 @@ class MaskedLM(TokenTask):
         filled, _ = fill_masks(model, ids, mask)
         model.train(was_training)
         tok = self.data.tokenizer
-        return {"prompt": decode_with_masks(tok, ids, mask), "text": tok.decode(filled)}
+        # "filled", not "text": a filled-in window is no continuation for the doctor's repetition check
+        return {"prompt": decode_with_masks(tok, ids, mask), "filled": tok.decode(filled)}
 
     def describe(self) -> str:
         m, seq_len = self.cfg.mlm, self.cfg.model.seq_len
