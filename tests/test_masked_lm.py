@@ -92,6 +92,24 @@ def test_unigram_entropy_is_the_entropy_of_the_targets():
     assert unigram_entropy(targets) == pytest.approx(float(-(p * np.log(p)).sum()), abs=1e-12)
 
 
+def test_mask_id_and_prompts_with_masks():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from trainlab.data.tokenizers import CharTokenizer, HFTokenizer
+    from trainlab.tasks.masked_lm import decode_with_masks, encode_with_masks, mask_id
+
+    char = CharTokenizer(list("abt "))
+    assert mask_id(char) == char.vocab_size  # one past the vocabulary
+    ids = encode_with_masks(char, "a [MASK]t", mask_id(char))
+    assert ids == [*char.encode("a "), mask_id(char), *char.encode("t")]
+    assert decode_with_masks(char, ids, mask_id(char)) == "a [MASK]t"
+    word = Tokenizer(models.WordLevel({"[UNK]": 0, "[MASK]": 1, "to": 2, "be": 3}, unk_token="[UNK]"))
+    word.pre_tokenizer = pre_tokenizers.Whitespace()
+    bert_like = HFTokenizer(word)
+    assert mask_id(bert_like) == 1  # a tokenizer's own [MASK] is kept
+    assert encode_with_masks(bert_like, "to [MASK] to be", 1) == [2, 1, 2, 3]
+
+
 def test_tiny_run_through_the_cli(run):
     rows = read_rows(run / "metrics.jsonl")
     val = [r for r in rows if r["split"] == "val"]

@@ -4,7 +4,8 @@ Of the predicted positions, 80% show [MASK] in the input, 10% a random token and
 (Devlin et al., 2019, section 3.1); the loss counts the predicted positions only. The [MASK] token is
 the id one past the tokenizer's vocabulary (model.vocab_size = tokenizer vocabulary + 1), so char,
 byte and BPE tokenizers all work unchanged and no text can ever encode to it; the hf export adds it
-to the tokenizer.json as the special token "[MASK]" with that id.
+to the tokenizer.json as the special token "[MASK]" with that id. A tokenizer.json that has its own
+[MASK] (a BERT tokenizer) keeps it.
 
 Each training window's masking is a pure function of (train.seed, example index), so a resumed run
 sees exactly the batches an uninterrupted one would. The validation subset is masked once with a
@@ -23,7 +24,7 @@ from torch import nn
 
 from trainlab.config import MLMConfig, RunConfig
 from trainlab.data.prepare import Prepared, Windows, eval_starts
-from trainlab.data.tokenizers import Tokenizer
+from trainlab.data.tokenizers import HFTokenizer, Tokenizer
 from trainlab.errors import ConfigError
 from trainlab.tasks.base import IGNORE, Batch, Forward, Reduce, TokenMetrics, chunks
 from trainlab.tasks.causal_lm import TokenTask, lm_loss
@@ -147,10 +148,10 @@ class MaskedLM(TokenTask):
         if cfg.model.moe.experts:
             raise ConfigError("model.moe.experts must be 0 for task masked_lm: the BERT encoder has dense "
                               "feed-forward layers only")
-        need = mask_id(data.tokenizer) + 1
+        need = max(mask_id(data.tokenizer) + 1, data.tokenizer.vocab_size)
         if cfg.model.vocab_size is not None and cfg.model.vocab_size < need:
             raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} leaves no room for [MASK]: the masked LM "
-                              f"needs the tokenizer's {data.tokenizer.vocab_size} ids plus one; remove it or raise it")
+                              f"needs {need} ids (the tokenizer's and [MASK]); remove it or raise it")
         return cfg.with_vocab_size(need)
 
     @classmethod
@@ -225,6 +226,11 @@ class MaskedLM(TokenTask):
 
 
 def mask_id(tokenizer: Tokenizer) -> int:
-    """The [MASK] id: one past the tokenizer's vocabulary."""
+    """The [MASK] id: the tokenizer's own [MASK] token where it has one (a BERT tokenizer.json given as
+    data.tokenizer), else one past its vocabulary."""
+    if isinstance(tokenizer, HFTokenizer):
+        own = tokenizer.tok.token_to_id(MASK_TOKEN)
+        if own is not None:
+            return own
     return tokenizer.vocab_size
 
