@@ -151,7 +151,7 @@ def to_bert(weights: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, tor
 
 def write_bert_files(tmp: Path, cfg: ModelConfig, tokenizer, tok: Path) -> None:
     """config.json, and a tokenizer that knows [MASK]: a BPE tokenizer.json gets it as a special token
-    with the id trainlab gives it (one past the tokenizer's vocabulary)."""
+    with the id the model gives it (one past the tokenizer's vocabulary, unless it had its own)."""
     from trainlab.tasks.masked_lm import MASK_TOKEN, mask_id
 
     (tmp / "config.json").write_text(json.dumps(bert_config(cfg), indent=1))
@@ -164,8 +164,8 @@ def write_bert_files(tmp: Path, cfg: ModelConfig, tokenizer, tok: Path) -> None:
     # lstrip: "to [MASK]" reads as "to" + [MASK], the space going with the masked word as in training
     hf.add_special_tokens([AddedToken(MASK_TOKEN, special=True, lstrip=True)])
     if hf.token_to_id(MASK_TOKEN) != mask_id(tokenizer):
-        raise TrainlabError(f"the run's tokenizer already holds a token {MASK_TOKEN!r} at another id; "
-                            f"it cannot be exported with trainlab's mask id {mask_id(tokenizer)}")
+        raise TrainlabError(f"the exported tokenizer would give {MASK_TOKEN} the id {hf.token_to_id(MASK_TOKEN)}, "
+                            f"not the model's {mask_id(tokenizer)}")
     hf.save(str(tmp / "tokenizer.json"))
     (tmp / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "mask_token": MASK_TOKEN, "model_max_length": cfg.seq_len}))
