@@ -15,7 +15,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 data_app = typer.Typer(no_args_is_help=True, help="Bundled corpora: list, fetch, check.")
 app.add_typer(data_app, name="data")
 
-PRESET = typer.Option(None, "--preset", help="A named preset (tiny, shakespeare-char, shakespeare-bpe, shakespeare-sft).")
+PRESET = typer.Option(None, "--preset", help="A named preset (tiny, shakespeare-char, shakespeare-bpe, shakespeare-sft, "
+                                            "micro-bert, kronos-btc).")
 CONFIG = typer.Option(None, "--config", help="A YAML config file (applied on top of the preset).")
 SET = typer.Option(None, "--set", help="Override one key: --set optim.lr=1e-3 (repeatable).")
 

@@ -282,6 +282,22 @@ class SeriesConfig(_Section):
         return self.lookback + self.pred_len
 
 
+class MLMConfig(_Section):
+    mask_prob: float = Field(0.15, gt=0.0, lt=1.0)
+    """Share of each sequence's positions the masked LM predicts (BERT's 15%), rounded, at least one."""
+    mask_fraction: float = Field(0.8, ge=0.0, le=1.0)
+    """Of the predicted positions, the share whose input becomes [MASK]."""
+    random_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    """Of the predicted positions, the share whose input becomes a random token; the rest stay unchanged."""
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> "MLMConfig":
+        if self.mask_fraction + self.random_fraction > 1.0 + 1e-9:
+            raise ValueError(f"mlm.mask_fraction ({self.mask_fraction}) + mlm.random_fraction "
+                             f"({self.random_fraction}) cannot exceed 1")
+        return self
+
+
 class RunConfig(_Section):
     task: Literal["causal_lm", "sft", "masked_lm", "series_tokenizer"] = "causal_lm"
     """What to train."""
@@ -298,8 +314,11 @@ class RunConfig(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
     series: SeriesConfig = Field(default_factory=SeriesConfig)
+    """Candle windows and the quantiser of the series tokenizer (task series_tokenizer)."""
     sft: SFTConfig = Field(default_factory=SFTConfig)
     """Instruction fine-tuning (task sft): the chat template."""
+    mlm: MLMConfig = Field(default_factory=MLMConfig)
+    """Masking of the masked LM (task masked_lm)."""
 
     @property
     def tokens_per_step(self) -> int:

@@ -49,11 +49,15 @@ def load_run(run_dir: Path) -> LoadedRun:
 
 def generate_text(run_dir: Path, prompt: str, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
                   repetition_penalty: float, seed: Optional[int]) -> str:
+    """The continuation of `prompt`; for a masked LM, a newline and the prompt with its [MASK]s filled
+    in (greedy), then the `top_k` (default 5) candidates of each mask."""
     from trainlab.generate import generate
 
     run = load_run(run_dir)
     if run.cfg.task == "sft":
         return "\n" + sft_reply(run, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+    if run.cfg.task == "masked_lm":
+        return "\n" + fill_mask_text(run, prompt, top_k or 5)
     ids = list(run.tokenizer.encode(prompt)) if prompt else []
     if not ids:  # no prompt: start from a document boundary (eos) or a newline
         nl = run.tokenizer.encode("\n")
@@ -73,6 +77,26 @@ def sft_reply(run: LoadedRun, prompt: str, max_new_tokens: int, temperature: flo
     template = Template(run.cfg.sft, run.tokenizer)
     return reply(run.model, template, template.prompt(prompt), max_new_tokens, temperature, top_k, top_p,
                  repetition_penalty, seed)
+
+
+def fill_mask_text(run: LoadedRun, prompt: str, top: int = 5) -> str:
+    """A masked LM's answer to a prompt holding [MASK]s: the prompt with each filled by its most likely
+    token, then each mask's `top` candidates with their probabilities."""
+    from trainlab.tasks.masked_lm import MASK_TOKEN, encode_with_masks, fill_masks, mask_id
+
+    if MASK_TOKEN not in prompt:
+        raise TrainlabError(f"this run is a masked LM: put {MASK_TOKEN} where --prompt should be filled in, "
+                            f"e.g. --prompt \"To be, or not to {MASK_TOKEN}\"")
+    tok, mask = run.tokenizer, mask_id(run.tokenizer)
+    ids = encode_with_masks(tok, prompt, mask)
+    if len(ids) > run.cfg.model.seq_len:
+        raise TrainlabError(f"--prompt is {len(ids)} tokens; this model reads at most model.seq_len="
+                            f"{run.cfg.model.seq_len}")
+    filled, candidates = fill_masks(run.model, ids, mask, top)
+    lines = [tok.decode(filled)]
+    for k, options in enumerate(candidates, 1):
+        lines.append(f"{MASK_TOKEN} {k}: " + " | ".join(f"{tok.decode([i])!r} {p:.3f}" for i, p in options))
+    return "\n".join(lines)
 
 
 def evaluate_run(run_dir: Path, data_path: Optional[Path] = None) -> dict:

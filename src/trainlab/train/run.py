@@ -206,7 +206,7 @@ def _train(cfg, run_dir, resume, fresh, log, on_eval, dist, task) -> dict:
 
 def load_init_weights(source: str) -> dict:
     """The best (else newest intact) weights of another run, or of a local transformers directory of a
-    Llama-architecture model, to start a new run from."""
+    Llama-architecture (causal LM) or BERT-architecture (masked LM) model, to start a new run from."""
     from trainlab.train.checkpoint import CheckpointManager
 
     src = Path(source)
