@@ -35,13 +35,13 @@ def _no_fetch(*args, **kwargs):
 
 
 def _leftovers(cache: Path) -> list[str]:
-    """Files in the corpora dir other than finished texts, provenance and lock files."""
+    """Files in the corpora dir other than finished texts (or CSVs), provenance and lock files."""
     d = cache / "corpora"
     if not d.exists():
         return []
     return sorted(
         p.name for p in d.iterdir()
-        if not (p.suffix in (".txt", ".json") and not p.name.startswith(".")) and not p.name.endswith(".lock")
+        if not (p.suffix in (".txt", ".csv", ".json") and not p.name.startswith(".")) and not p.name.endswith(".lock")
     )  # fmt: skip
 
 
@@ -68,7 +68,7 @@ def people_daily(cache) -> str:
 
 
 def test_registry_is_pinned():
-    assert set(CORPORA) == {"shakespeare", "people-daily"}
+    assert set(CORPORA) == {"shakespeare", "people-daily", "btc-1h"}
     for name, c in CORPORA.items():
         assert isinstance(c, Corpus) and c.name == name
         assert re.fullmatch(r"\d+(\.\d+)+", c.version)
