@@ -133,10 +133,11 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5, trials: int = 
     return best
 
 
-def bench_shape(name, shape, data, steps, warmup):
+def bench_shape(name, shape, data, steps, warmup, attention="auto"):
     L, H, D, T, B = shape
     cfg = shakespeare_char().to_dict()
-    cfg["model"].update(n_layer=L, n_head=H, d_model=D, seq_len=T, vocab_size=data.tokenizer.vocab_size, dropout=0.0)
+    cfg["model"].update(n_layer=L, n_head=H, d_model=D, seq_len=T, vocab_size=data.tokenizer.vocab_size, dropout=0.0,
+                        attention=attention)
     cfg["train"].update(batch_size=B, max_seconds=None, max_steps=10_000, precision="auto", compile=True)
     cfg["schedule"].update(name="constant", warmup_steps=0)
     cfg["optim"].update(grad_clip=1.0)
@@ -182,6 +183,8 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--shapes", default="small,large")
+    ap.add_argument("--attention", default="auto", choices=["auto", "sdpa", "math"],
+                    help="trainlab's attention kernel (model.attention); auto picks math for bf16 on a CPU")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     cfg = shakespeare_char()
@@ -196,7 +199,7 @@ def main():
     print(f"{'shape':8s} {'params':>8s} {'trainlab tok/s':>15s} {'plain fp32 tok/s':>17s} {'ratio':>6s} "
           f"{'MFU trainlab':>13s} {'MFU plain':>10s}  first losses (trainlab / plain)")
     for name in args.shapes.split(","):
-        cfg, trainer, t_tl, t_pl, lt, lp = bench_shape(name, SHAPES[name], data, args.steps, args.warmup)
+        cfg, trainer, t_tl, t_pl, lt, lp = bench_shape(name, SHAPES[name], data, args.steps, args.warmup, args.attention)
         fpt = trainer.model.flops_per_token()
         mfu_t, mfu_p = t_tl * fpt / peak_run, t_pl * fpt / peak32
         close = max(abs(a - b) for a, b in zip(lt, lp))

@@ -124,8 +124,15 @@ def test_training_run_logs_components_and_generate_plots(tmp_path, btc):
     path = run / "metrics.jsonl"
     path.write_text("".join(json.dumps({**r, "loss_quant": -3.0, "loss": (r["loss_pre"] + r["loss_all"] - 3.0) / 2}
                                        if r["split"] == "train" else r) + "\n" for r in rows))
-    f = next(f for f in diagnose(run, check_data=False).findings if f.id == "negative_loss_explained")
+    found = {f.id: f for f in diagnose(run, check_data=False).findings}
+    f = found["negative_loss_explained"]
     assert f.severity == "low" and "-3.0000" in f.evidence and "entropy" in f.evidence
+    # a longer run hovering just below zero: no relative "scatter" or spikes read off a total near 0
+    first = next(r for r in rows if r["split"] == "train")
+    path.write_text("".join(json.dumps({**first, "step": i + 1, "loss_quant": -0.6, "loss": -0.01 * (1 + (i % 3))})
+                            + "\n" for i in range(60)))
+    found = {f.id for f in diagnose(run, check_data=False).findings}
+    assert "negative_loss_explained" in found and not found & {"batch_too_small", "lr_too_high"}
 
 
 @pytest.mark.parametrize("text,message", [

@@ -383,6 +383,8 @@ def batch_too_small(c: Curves) -> Optional[Finding]:
     if c.n < 30:
         return None
     half = c.loss[c.n // 2:]
+    if float(half.min()) <= 0:  # a loss that reaches zero or below (a series tokenizer's) has no relative scale
+        return None
     resid = half - c.sm[c.n // 2:]
     noise = float(np.std(resid)) / max(float(np.mean(half)), 1e-12)
     if noise < 0.05:
