@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
@@ -255,6 +256,23 @@ def _write_split(source: Source, split: str, tok: Tokenizer, path: Path, dtype) 
     return {"tokens": tokens, "chars": chars, "bytes": nbytes}
 
 
+@contextmanager
+def cache_entry(final: Path) -> Iterator[Path]:
+    """A temporary folder beside `final`, renamed into place when the block succeeds and removed when it
+    fails, so concurrent preparations never see a half-written cache entry."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished the same preparation first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def prepare(cfg: DataConfig, seq_len: int, log=print) -> Prepared:
     cache = cache_dir_of(cfg)
     source = Source(cfg, cache)
@@ -264,9 +282,7 @@ def prepare(cfg: DataConfig, seq_len: int, log=print) -> Prepared:
     key = hashlib.sha256(key_text.encode()).hexdigest()[:20]
     final = cache / "shards" / key
     if not (final / "meta.json").exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
-        try:
+        with cache_entry(final) as tmp:
             log(f"preparing {source.path} ({source.kind}, tokenizer {spec}) -> {final}")
             tok = _build_tokenizer(cfg, source)
             dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
@@ -278,13 +294,6 @@ def prepare(cfg: DataConfig, seq_len: int, log=print) -> Prepared:
             meta["first_skipped_lines"] = source.stats.first_skipped
             tok.save(tmp / "tokenizer.json")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            try:
-                os.rename(tmp, final)
-            except OSError:  # another process finished the same preparation first
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     meta = json.loads((final / "meta.json").read_text())
     if meta.get("skipped_lines"):
         log(f"warning: skipped {meta['skipped_lines']} broken lines of {source.path} "

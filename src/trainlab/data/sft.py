@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -35,7 +32,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from trainlab.config import DataConfig, RunConfig, SFTConfig
-from trainlab.data.prepare import _check_text_file, _is_val, cache_dir_of
+from trainlab.data.prepare import _check_text_file, _is_val, cache_dir_of, cache_entry
 from trainlab.data.tokenizers import ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 from trainlab.errors import ConfigError, DataError
 
@@ -318,9 +315,7 @@ def _build(cfg: RunConfig, path: Path, tok: Optional[Tokenizer], final: Path) ->
     meta = {"format": FORMAT_VERSION, "source": str(path), "vocab_size": tok.vocab_size,
             "broken_lines": stats.broken, "first_broken_lines": stats.first_broken,
             "no_assistant": stats.no_assistant, "no_response_left": 0, "truncated": 0}
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with cache_entry(final) as tmp:
         for name, part in split.items():
             items = _fit(template.encode_many([template.pieces(m) for m in part]), cfg.model.seq_len, meta)
             if not items:
@@ -331,13 +326,6 @@ def _build(cfg: RunConfig, path: Path, tok: Optional[Tokenizer], final: Path) ->
                           "response_tokens": int(sum(m[1:].sum() for _, m in items))}
         tok.save(tmp / "tokenizer.json")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same preparation first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _template_texts(sft: SFTConfig) -> list[str]:

@@ -92,10 +92,6 @@ class Task:
         return ""
 
 
-def split_share(items: np.ndarray, rank: int, world: int) -> np.ndarray:
-    return items[rank::world]
-
-
 class TokenMetrics:
     """Sums for loss, perplexity, accuracy, top-5, confidence, entropy and calibration (ECE) over
     predicted tokens; positions whose target is IGNORE are left out."""
