@@ -140,13 +140,13 @@ def bench_shape(name, shape, data, steps, warmup, attention="auto"):
                         attention=attention)
     cfg["train"].update(batch_size=B, max_seconds=None, max_steps=10_000, precision="auto", compile=True)
     cfg["schedule"].update(name="constant", warmup_steps=0)
-    cfg["optim"].update(grad_clip=1.0)
+    cfg["optim"].update(name="adamw", grad_clip=1.0)  # the plain loop's optimizer
     cfg = build_config(cfg)
 
     trainer = Trainer(cfg, data, run_dir="/tmp/trainlab-bench", log=lambda s: None)
     plain = PlainGPT(cfg)
     plain.load_state_dict(split_fused(trainer.model.state_dict()), strict=False)
-    from trainlab.train.trainer import param_groups
+    from trainlab.train.optimizers import param_groups
 
     opt = torch.optim.AdamW(param_groups(plain, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas,
                             eps=cfg.optim.eps)

@@ -8,7 +8,7 @@ import torch
 from trainlab.config import ModelConfig, ScheduleConfig
 from trainlab.models.gpt import GPT
 from trainlab.train.schedules import lr_multiplier
-from trainlab.train.trainer import param_groups
+from trainlab.train.optimizers import param_groups
 
 
 def names_in(model, params):
@@ -94,3 +94,65 @@ def test_adamw_step_matches_a_hand_computed_decoupled_update():
     opt.step()
     expected = torch.tensor([1.0, -2.0]) * (1 - 0.1 * 0.5) - 0.1 * torch.sign(torch.tensor([0.3, -0.4]))
     torch.testing.assert_close(p.detach(), expected)
+
+
+def test_muon_equals_torch_muon_bitwise():
+    # ours orthogonalises all matrices of a shape in one batched product; the result is torch's step for step
+    from trainlab.train.optimizers import Muon
+
+    torch.manual_seed(0)
+    shapes = [(48, 16), (16, 16), (16, 40), (48, 16), (16, 40)]
+    ours = [torch.nn.Parameter(torch.randn(*s) * 0.02) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    a = Muon(ours, lr=1e-2, weight_decay=0.1, momentum=0.9)
+    b = torch.optim.Muon(theirs, lr=1e-2, weight_decay=0.1, momentum=0.9, adjust_lr_fn="match_rms_adamw")
+    for _ in range(4):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        a.step()
+        b.step()
+    for p, q in zip(ours, theirs):
+        assert p.detach().equal(q.detach())
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    from trainlab.config import OptimConfig
+    from trainlab.train.optimizers import MuonWithAdamW, build_optimizer
+
+    for tied in (True, False):
+        model = GPT(ModelConfig(n_layer=2, n_head=2, d_model=16, seq_len=8, vocab_size=30, tie_embeddings=tied))
+        opt = build_optimizer(model, OptimConfig(name="muon", lr=1e-3, weight_decay=0.1, muon_lr_scale=2.0))
+        assert isinstance(opt, MuonWithAdamW)
+        muon = names_in(model, [p for g in opt.muon.param_groups for p in g["params"]])
+        assert muon == {f"blocks.{i}.{m}.weight" for i in range(2)
+                        for m in ("attn.qkv_proj", "attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")}
+        adam = [p for g in opt.adamw.param_groups for p in g["params"]]
+        assert names_in(model, adam) == {n for n, _ in model.named_parameters()} - muon
+        assert len(adam) + sum(len(g["params"]) for g in opt.muon.param_groups) == len(list(model.parameters()))
+        assert ("lm_head.weight" in names_in(model, opt.adamw.param_groups[0]["params"])) == (not tied)
+        assert [g["lr_scale"] for g in opt.muon.param_groups] == [2.0]
+
+
+def test_muon_steps_at_its_lr_scale():
+    # the trainer sets every group's lr to lr x lr_scale; one Muon step moves a matrix by lr x scale x 0.2 x
+    # sqrt(max dim) in RMS (an orthogonal update of RMS 1/sqrt(max dim)), without weight decay
+    from trainlab.config import OptimConfig
+    from trainlab.train.optimizers import build_optimizer
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, d_model=16, seq_len=8, vocab_size=30))
+    opt = build_optimizer(model, OptimConfig(name="muon", lr=1e-2, weight_decay=0.0, muon_lr_scale=3.0))
+    for g in opt.param_groups:
+        g["lr"] = 1e-2 * g.get("lr_scale", 1.0)
+    w = model.blocks[0].attn.o_proj.weight
+    before = w.detach().clone()
+    x = torch.randint(0, 30, (4, 8))
+    torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
+    opt.step()
+    rms = float((w.detach() - before).pow(2).mean().sqrt())
+    assert rms == pytest.approx(3e-2 * 0.2, rel=0.25)  # Newton-Schulz lands near, not on, orthogonal
+    assert all(g["lr"] == pytest.approx(1e-2) for g in opt.adamw.param_groups)
+    opt.load_state_dict(opt.state_dict())  # new group dicts: the trainer's lr must still reach them
+    opt.param_groups[-1]["lr"] = 0.5
+    assert opt.muon.param_groups[0]["lr"] == 0.5

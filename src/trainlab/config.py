@@ -113,6 +113,9 @@ class DataConfig(_Section):
 
 
 class OptimConfig(_Section):
+    name: Literal["adamw", "muon"] = "adamw"
+    """adamw, or muon: Muon for the matrices inside the transformer blocks (momentum orthogonalised by
+    Newton-Schulz), AdamW with the settings below for embeddings, heads, norms and biases."""
     lr: float = Field(1e-3, gt=0.0)
     """Peak learning rate."""
     weight_decay: float = Field(0.1, ge=0.0)
@@ -125,6 +128,11 @@ class OptimConfig(_Section):
     """Clip the global gradient norm to this value; 0 turns clipping off."""
     decay_embeddings: bool = False
     """Also apply weight decay to embedding tables."""
+    muon_lr_scale: float = Field(2.0, gt=0.0)
+    """Muon's lr as a multiple of optim.lr. Its updates are scaled to AdamW's RMS, so 1 moves the matrices
+    as fast as AdamW would; 2 suited our small causal LMs best."""
+    muon_momentum: float = Field(0.95, ge=0.0, lt=1.0)
+    """Muon's (Nesterov) momentum."""
 
     @model_validator(mode="after")
     def _betas_in_range(self) -> "OptimConfig":

@@ -15,11 +15,14 @@ def base() -> RunConfig:
 
 
 def shakespeare_char() -> RunConfig:
-    """The demo: character-level Shakespeare, sized for 3 minutes on 2 CPU cores with bf16."""
+    """The demo: character-level Shakespeare, sized for 3 minutes on 2 CPU cores with bf16. Muon for the
+    blocks' matrices (at 2x the lr) reached AdamW's 3-minute loss (2.24 bits/char) after about 1,000 of its
+    ~1,300 steps, and 2.18-2.20 bits/char at 3 minutes."""
     cfg = base()
     cfg.model = cfg.model.model_copy(update=dict(n_layer=4, n_head=4, d_model=128, seq_len=128, dropout=0.0))
     cfg.data = cfg.data.model_copy(update=dict(source="shakespeare", tokenizer="char"))
-    cfg.optim = cfg.optim.model_copy(update=dict(lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0))
+    cfg.optim = cfg.optim.model_copy(update=dict(name="muon", lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95),
+                                                 grad_clip=1.0))
     cfg.schedule = cfg.schedule.model_copy(update=dict(name="cosine", warmup_steps=50, min_lr_ratio=0.05))
     cfg.train = cfg.train.model_copy(update=dict(batch_size=32, max_seconds=180.0, eval_interval=250,
                                                  eval_batches=20, log_interval=25, compile=True))
@@ -42,7 +45,7 @@ def shakespeare_sft() -> RunConfig:
     cfg = shakespeare_bpe()
     cfg.task = "sft"
     cfg.data = cfg.data.model_copy(update=dict(source="shakespeare-qa"))
-    cfg.optim = cfg.optim.model_copy(update=dict(lr=1e-3, weight_decay=0.0))
+    cfg.optim = cfg.optim.model_copy(update=dict(name="adamw", lr=1e-3, weight_decay=0.0))
     cfg.schedule = cfg.schedule.model_copy(update=dict(name="cosine", warmup_steps=10, min_lr_ratio=0.1))
     cfg.train = cfg.train.model_copy(update=dict(batch_size=16, grad_accum=2, max_seconds=120.0, eval_interval=40,
                                                  eval_batches=20, log_interval=10, sample_tokens=48, compile=False))
@@ -98,7 +101,8 @@ def micro_bert() -> RunConfig:
     cfg.model = cfg.model.model_copy(update=dict(n_layer=2, n_head=2, d_model=16, seq_len=32, dropout=0.0,
                                                  tie_embeddings=False, output_bias=True, norm_eps=1e-12))
     cfg.data = cfg.data.model_copy(update=dict(bpe_vocab_size=1024))
-    cfg.optim = cfg.optim.model_copy(update=dict(lr=5e-3, weight_decay=0.01, betas=(0.9, 0.999), grad_clip=5.0))
+    cfg.optim = cfg.optim.model_copy(update=dict(name="adamw", lr=5e-3, weight_decay=0.01, betas=(0.9, 0.999),
+                                                 grad_clip=5.0))
     cfg.schedule = cfg.schedule.model_copy(update=dict(name="cosine", warmup_steps=300, min_lr_ratio=0.1))
     cfg.train = cfg.train.model_copy(update=dict(batch_size=128, max_seconds=180.0, eval_interval=500,
                                                  eval_batches=20, log_interval=50))

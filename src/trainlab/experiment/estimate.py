@@ -77,7 +77,12 @@ def memory(cfg: RunConfig, model: nn.Module, precision: str) -> dict[str, int]:
     trainable = sum(p.numel() for p in model.parameters())
     weights = 4 * trainable  # fp32 master weights; autocast casts on the fly
     gradients = 4 * trainable
-    optimizer = 8 * trainable  # AdamW: two fp32 moments
+    muon = 0
+    if cfg.optim.name == "muon":
+        from trainlab.train.optimizers import muon_parameter
+
+        muon = sum(p.numel() for n, p in model.named_parameters() if muon_parameter(n, p))
+    optimizer = 8 * (trainable - muon) + 4 * muon  # AdamW: two fp32 moments; Muon: one momentum buffer
     activations = activation_bytes(cfg, precision)
     return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations,
             "activations_checkpointed": activation_bytes(cfg, precision, checkpointing=True),
@@ -187,7 +192,7 @@ def format_table(result: dict[str, Any]) -> str:
     p, m = result["params"], result["memory_bytes"]
     lines = [f"parameters   total {p['total']:,}  (embedding {p['embedding']:,}, non-embedding {p['non_embedding']:,}, "
              f"active {p['active']:,})",
-             f"memory       weights {mib(m['weights'])} + gradients {mib(m['gradients'])} + AdamW {mib(m['optimizer'])}"
+             f"memory       weights {mib(m['weights'])} + gradients {mib(m['gradients'])} + optimizer {mib(m['optimizer'])}"
              f" + activations {mib(m['activations'])} = {mib(m['total'])}",
              f"             activations with checkpointing: {mib(m['activations_checkpointed'])}",
              f"compute      {result['flops_per_token'] / 1e6:,.2f} MFLOP per token, {result['tokens_per_step']:,} tokens per step"

@@ -117,6 +117,9 @@ def check_resume_compatible(saved: RunConfig, new: RunConfig, run_dir: Path) -> 
             if a[key] != b[key] and not (section == "model" and key == "vocab_size" and b[key] is None):
                 raise ConfigError(f"cannot resume '{run_dir}' with {section}.{key}={b[key]!r}: the run was "
                                   f"trained with {a[key]!r}; use --fresh or another --run-dir")
+    if saved.optim.name != new.optim.name:  # the checkpoint's optimizer state is the other optimizer's
+        raise ConfigError(f"cannot resume '{run_dir}' with optim.name={new.optim.name!r}: the run was trained with "
+                          f"{saved.optim.name!r}; use --fresh, or init_from the run with a new --run-dir")
 
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, fresh: bool = False,

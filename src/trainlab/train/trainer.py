@@ -19,32 +19,8 @@ from trainlab.monitor.sinks import Console, JsonlSink, TensorBoardSink
 from trainlab.tasks import task_class
 from trainlab.train import distributed, hardware
 from trainlab.train.checkpoint import CheckpointManager
+from trainlab.train.optimizers import build_optimizer
 from trainlab.train.schedules import lr_multiplier
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
-    """Matrices of linear layers decay; norms, biases and (by default) embeddings do not."""
-    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, no_decay, seen = [], [], set()
-    for _, p in model.named_parameters():
-        if id(p) in seen:  # tied weights appear once
-            continue
-        seen.add(id(p))
-        is_embedding = id(p) in embedding_ids
-        if p.ndim >= 2 and (decay_embeddings or not is_embedding):
-            decay.append(p)
-        else:
-            no_decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.decay_embeddings)
-    kwargs = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-    try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(groups, **kwargs)
 
 
 @dataclass
@@ -101,7 +77,7 @@ class Trainer:
             self.attention = hardware.attention_kernel(cfg.model.attention, self.device, self.precision,
                                                        cfg.model.seq_len)
             self.model.use_attention(self.attention)
-        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
         self.train_forward = self.forward
@@ -243,7 +219,7 @@ class Trainer:
         if lr is None:
             lr = self.cfg.optim.lr * self.lr_scale_now() * lr_multiplier(self.cfg.schedule, step, self.schedule_total())
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.model.train()
         total_loss = torch.zeros((), device=self.device)
         parts: dict[str, torch.Tensor] = {}
