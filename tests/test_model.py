@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from trainlab.config import ModelConfig
 from trainlab.models.gpt import GPT, KVCache
@@ -97,6 +98,28 @@ def test_math_attention_equals_sdpa(dropout):
         model.use_attention("math")
         b = model(x).float()
     assert (a - b).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_operator_equals_sdpa_and_passes_opcheck(causal):
+    """trainlab::attention (the math kernel without dropout): outputs and input gradients equal
+    scaled_dot_product_attention's in fp32; its fake and autograd registrations pass torch's opcheck,
+    which is what lets torch.compile keep it whole."""
+    import trainlab.models.gpt  # noqa: F401  (registers the operator)
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, requires_grad=True) for _ in range(3))
+    g = torch.randn(2, 3, 7, 8)
+    out, probs = torch.ops.trainlab.attention(q, k, v, causal)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3, 7))
+    assert bool((probs[..., 0, 1:] == 0).all()) == causal  # the first query sees only itself when causal
+    torch.library.opcheck(torch.ops.trainlab.attention.default, (q, k, v, causal))
 
 
 def test_attention_kernel_choice():

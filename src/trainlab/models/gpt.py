@@ -99,18 +99,71 @@ class Attention(nn.Module):
 
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0,
                    causal: bool = True) -> torch.Tensor:
-    """softmax(QK^T / sqrt(d)) V written out (causal unless told), softmax in fp32. On a CPU under bf16 autocast,
-    torch.compile fuses this into kernels about 3x faster than the flash kernel of
-    scaled_dot_product_attention at the short sequences small models use (bench/throughput.py)."""
+    """softmax(QK^T / sqrt(d)) V written out (causal unless told), as a few large batched matmuls around one
+    softmax. Without dropout it is `trainlab::attention`, an operator torch.compile leaves whole: on a CPU
+    under bf16 the compiled form of these lines spends about 3x as long in its softmax kernels as torch's
+    own softmax, and scaled_dot_product_attention's flash kernel is slower still at the short sequences small
+    models use (bench/throughput.py --attention)."""
+    if not dropout:
+        return torch.ops.trainlab.attention(q, k, v, causal)[0]
     T = q.shape[-2]
     scores = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(q.shape[-1]))
     if causal:
         future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
         scores = scores.masked_fill(future, float("-inf"))
-    probs = scores.softmax(-1).to(v.dtype)
-    if dropout:
-        probs = F.dropout(probs, dropout)
-    return probs @ v
+    return F.dropout(scores.softmax(-1).to(v.dtype), dropout) @ v
+
+
+_MASKS: dict = {}
+
+
+def _causal_mask(T: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (T, dtype, device)
+    if key not in _MASKS:
+        _MASKS[key] = torch.zeros(T, T, dtype=dtype, device=device).masked_fill(
+            torch.ones(T, T, dtype=torch.bool, device=device).triu(1), float("-inf"))
+    return _MASKS[key]
+
+
+@torch.library.custom_op("trainlab::attention", mutates_args=())
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, attention probabilities) for (B, H, T, D) inputs; the probabilities are kept for backward.
+    The softmax runs in the inputs' precision (torch's kernel accumulates in fp32)."""
+    B, H, T, D = q.shape
+    q3, k3 = q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2)
+    if causal:  # the mask is added inside the matmul
+        scores = torch.baddbmm(_causal_mask(T, q.dtype, q.device).expand(B * H, T, T), q3, k3, alpha=D ** -0.5)
+    else:
+        scores = torch.bmm(q3, k3).mul_(D ** -0.5)
+    probs = torch.softmax(scores, -1)
+    return torch.bmm(probs, v.reshape(B * H, T, D)).view(B, H, T, D), probs.view(B, H, T, T)
+
+
+@_attention.register_fake
+def _(q, k, v, causal):
+    B, H, T, D = q.shape
+    return q.new_empty(B, H, T, D), q.new_empty(B, H, T, T)
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, _ = inputs
+    ctx.save_for_backward(q, k, v, output[1])
+
+
+def _attention_backward(ctx, grad_out, grad_probs):
+    # the probabilities are an output for backward's sake only; their gradient is not followed
+    q, k, v, probs = ctx.saved_tensors
+    B, H, T, D = q.shape
+    g, p = grad_out.reshape(B * H, T, D), probs.view(B * H, T, T)
+    dv = torch.bmm(p.transpose(1, 2), g)
+    dp = torch.bmm(g, v.reshape(B * H, T, D).transpose(1, 2))
+    ds = torch._softmax_backward_data(dp, p, -1, p.dtype).mul_(D ** -0.5)
+    dq = torch.bmm(ds, k.reshape(B * H, T, D))
+    dk = torch.bmm(ds.transpose(1, 2), q.reshape(B * H, T, D))
+    return dq.view(B, H, T, D), dk.view(B, H, T, D), dv.view(B, H, T, D), None
+
+
+_attention.register_autograd(_attention_backward, setup_context=_attention_setup)
 
 
 class SwiGLU(nn.Module):

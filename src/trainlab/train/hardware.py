@@ -68,8 +68,8 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 
 def attention_kernel(choice: str, device: torch.device, precision: str, seq_len: int) -> str:
-    """`math` where the explicit form beats scaled_dot_product_attention: bf16 on a CPU, short sequences
-    (its flash kernel is about 3x slower there than the compiled explicit form, bench/throughput.py)."""
+    """`math` where the explicit form (trainlab::attention) beats scaled_dot_product_attention: bf16 on a CPU,
+    short sequences (its flash kernel is several times slower there, bench/throughput.py --attention)."""
     if choice != "auto":
         return choice
     return "math" if device.type == "cpu" and precision == "bf16" and seq_len <= 512 else "sdpa"
