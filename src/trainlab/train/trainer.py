@@ -426,6 +426,7 @@ class Trainer:
                     window_tokens, window_start = 0, now
                 at_end = self.budget_done()
                 val_loss = None
+                paused = time.perf_counter()  # evaluation and checkpoints stay out of the next row's tokens/s
                 if step % cfg.train.eval_interval == 0 or at_end:
                     last_val = self._evaluate_and_sample(emit, samples, say, console)
                     val_loss = last_val["loss"]
@@ -444,6 +445,7 @@ class Trainer:
                         break
                 if step % cfg.checkpoint.interval == 0 or at_end:
                     self.save_checkpoint(val_loss)
+                window_start += time.perf_counter() - paused
                 if self._stop_signal is not None:
                     name = signal.Signals(self._stop_signal).name
                     if not at_end and step % cfg.checkpoint.interval:
