@@ -106,11 +106,9 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: f
     models use (bench/throughput.py --attention)."""
     if not dropout:
         return torch.ops.trainlab.attention(q, k, v, causal)[0]
-    T = q.shape[-2]
     scores = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(q.shape[-1]))
     if causal:
-        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(future, float("-inf"))
+        scores = scores + _causal_mask(q.shape[-2], torch.float32, q.device)
     return F.dropout(scores.softmax(-1).to(v.dtype), dropout) @ v
 
 

@@ -21,6 +21,8 @@ from typing import Any, Optional
 
 import torch
 
+from trainlab.errors import ConfigError
+
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic iteration's (a, b, c), as in torch and Keller's Muon
 NS_STEPS = 5
 _BLOCK = re.compile(r"(^|\.)\w*blocks\.\d+\.")  # a parameter inside a stack of transformer blocks
@@ -125,10 +127,6 @@ class MuonWithAdamW:
     def param_groups(self) -> list[dict]:  # loading a state dict replaces the group dicts: always the current ones
         return self.adamw.param_groups + self.muon.param_groups
 
-    @property
-    def state(self) -> dict:
-        return {**self.adamw.state, **self.muon.state}
-
     def step(self, closure=None):
         self.adamw.step()
         self.muon.step()
@@ -151,8 +149,6 @@ def build_optimizer(model: torch.nn.Module, optim) -> Any:
         return _adamw(param_groups(model, optim.weight_decay, optim.decay_embeddings), optim.lr, optim.betas, optim.eps)
     matrices = [p for name, p in model.named_parameters() if muon_parameter(name, p)]
     if not matrices:
-        from trainlab.errors import ConfigError
-
         raise ConfigError("optim.name=muon: this model has no transformer-block matrices for Muon; use adamw")
     muon = Muon([{"params": matrices, "lr_scale": optim.muon_lr_scale}], lr=optim.lr,
                 weight_decay=optim.weight_decay, momentum=optim.muon_momentum)
