@@ -100,26 +100,31 @@ def test_math_attention_equals_sdpa(dropout):
     assert (a - b).abs().max() < 0.05
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_attention_operator_equals_sdpa_and_passes_opcheck(causal):
-    """trainlab::attention (the math kernel without dropout): outputs and input gradients equal
-    scaled_dot_product_attention's in fp32; its fake and autograd registrations pass torch's opcheck,
+@pytest.mark.parametrize("causal,T", [(True, 7), (False, 7), (True, 150), (False, 70)])
+def test_attention_operator_equals_sdpa_and_passes_opcheck(causal, T):
+    """trainlab::block_attention (the math kernel without dropout): outputs and input gradients equal
+    scaled_dot_product_attention's in fp32, also where causal attention runs in query blocks
+    (T=150: blocks of 64, 64 and 22 queries); its fake and autograd registrations pass torch's opcheck,
     which is what lets torch.compile keep it whole."""
-    import trainlab.models.gpt  # noqa: F401  (registers the operator)
+    from trainlab.models.gpt import ATTENTION_BLOCK
 
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 7, 8, requires_grad=True) for _ in range(3))
-    g = torch.randn(2, 3, 7, 8)
-    out, probs = torch.ops.trainlab.attention(q, k, v, causal)
+    q, k, v = (torch.randn(2, 3, T, 8, requires_grad=True) for _ in range(3))
+    g = torch.randn(2, 3, T, 8)
+    out, probs = torch.ops.trainlab.block_attention(q, k, v, causal)
     grads = torch.autograd.grad(out, (q, k, v), g)
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     ref_grads = torch.autograd.grad(ref, (q, k, v), g)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3, 7))
-    assert bool((probs[..., 0, 1:] == 0).all()) == causal  # the first query sees only itself when causal
-    torch.library.opcheck(torch.ops.trainlab.attention.default, (q, k, v, causal))
+    if T <= ATTENTION_BLOCK:  # one block: the probabilities are the full (B, H, T, T) matrix
+        probs = probs.view(2, 3, T, T)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3, T))
+        assert bool((probs[..., 0, 1:] == 0).all()) == causal  # the first query sees only itself when causal
+    else:  # blocks skip the keys no query of theirs sees: 64x64 + 64x128 + 22x150 per head when causal
+        assert probs.numel() == 6 * ((64 * 64 + 64 * 128 + 22 * 150) if causal else T * T)
+    torch.library.opcheck(torch.ops.trainlab.block_attention.default, (q, k, v, causal))
 
 
 def test_attention_kernel_choice():
