@@ -6,7 +6,6 @@ rewrite it; otherwise the last test checks that it is up to date.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path

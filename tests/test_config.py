@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainlab.config import RunConfig, apply_overrides, build_config, closest_key, known_keys, resolve
+from trainlab.config import RunConfig, build_config, closest_key, known_keys, resolve
 from trainlab.errors import ConfigError
 from trainlab.presets import PRESETS, get_preset
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
 from conftest import cli, read_rows
 from test_resume import ARGS, comparable, last_weights

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import math
 import time
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 

@@ -197,7 +197,7 @@ def format_table(result: dict[str, Any]) -> str:
              f"             activations with checkpointing: {mib(m['activations_checkpointed'])}",
              f"compute      {result['flops_per_token'] / 1e6:,.2f} MFLOP per token, {result['tokens_per_step']:,} tokens per step"
              f" ({result['precision']} on {result['device']})",
-             f"throughput   " + (f"{result['tokens_per_s']:,.0f} tokens/s ({result['throughput_source']})"
+             "throughput   " + (f"{result['tokens_per_s']:,.0f} tokens/s ({result['throughput_source']})"
                                  if result["tokens_per_s"] else result["throughput_source"])]
     if result["tokens"]:
         lines.append(f"budget       {result['tokens']:,} tokens = {result['tokens_per_param']:.2f} tokens per parameter "
