@@ -276,3 +276,27 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path):
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
     loss = [[r["loss"] for r in read_rows(run / "metrics.jsonl") if r["split"] == "train"] for run in (straight, resumed)]
     assert loss[0] == loss[1]
+
+
+def test_export_writes_the_chat_template_trainlab_trains_with(tmp_path, bpe):
+    """transformers' apply_chat_template on an exported SFT directory renders the text and ids trainlab
+    trains on and prompts with, and generation stops at the end marker."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from trainlab.config import ModelConfig
+    from trainlab.export import write_llama_files
+
+    sft = SFTConfig()
+    template = Template(sft, bpe)
+    bpe.save(tmp_path / "tokenizer.json")
+    out = tmp_path / "hf"
+    out.mkdir()
+    write_llama_files(out, ModelConfig(vocab_size=bpe.vocab_size), bpe, tmp_path / "tokenizer.json", sft)
+    hf = AutoTokenizer.from_pretrained(out)
+    messages = FORMATS["messages"]["messages"]
+    pieces = template.pieces(messages)
+    assert hf.apply_chat_template(messages, tokenize=False) == "".join(t for t, _ in pieces) + sft.turn_end
+    asked = [{"role": "user", "content": PROMPT}]
+    ids = hf.apply_chat_template(asked, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert list(ids) == template.prompt(PROMPT).tolist()
+    assert GenerationConfig.from_pretrained(out).stop_strings == [sft.end]

@@ -9,10 +9,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-from trainlab.config import ModelConfig
+from trainlab.config import ModelConfig, SFTConfig
 from trainlab.errors import TrainlabError
 
 
@@ -69,7 +70,7 @@ def export_hf(run_dir: Path, out: Path) -> Path:
         if masked:
             write_bert_files(tmp, run.cfg.model, run.tokenizer, tok)
         else:
-            write_llama_files(tmp, run.cfg.model, run.tokenizer, tok)
+            write_llama_files(tmp, run.cfg.model, run.tokenizer, tok, run.cfg.sft if run.cfg.task == "sft" else None)
         (tmp / "trainlab_run.json").write_text(json.dumps({"run": str(run_dir), "step": run.step, "task": run.cfg.task,
                                                            "tokenizer": run.tokenizer.kind}))
         if out.exists():
@@ -81,12 +82,34 @@ def export_hf(run_dir: Path, out: Path) -> Path:
     return out
 
 
-def write_llama_files(tmp: Path, cfg: ModelConfig, tokenizer, tok: Path) -> None:
+def chat_template(sft: SFTConfig) -> str:
+    """The run's SFT template as the Jinja chat template transformers' `apply_chat_template` renders: the
+    same text trainlab trains on (role prefix, content, turn end; answers close with the end marker), and
+    with `add_generation_prompt` the assistant prefix a generation starts from."""
+    lit = json.dumps  # a JSON string is a valid Jinja string literal
+    prefix = "{" + ", ".join(f"{lit(role)}: {lit(getattr(sft, role))}" for role in ("system", "user")) + "}"
+    return (f"{{%- set prefix = {prefix} -%}}"
+            "{%- for m in messages -%}"
+            f"{{%- if m['role'] == 'assistant' -%}}{{{{ {lit(sft.assistant)} }}}}{{{{ m['content'] }}}}"
+            f"{{{{ {lit(sft.end)} }}}}"
+            "{%- else -%}{{ prefix[m['role']] }}{{ m['content'] }}{%- endif -%}"
+            f"{{{{ {lit(sft.turn_end)} }}}}"
+            "{%- endfor -%}"
+            f"{{%- if add_generation_prompt -%}}{{{{ {lit(sft.assistant)} }}}}{{%- endif -%}}")
+
+
+def write_llama_files(tmp: Path, cfg: ModelConfig, tokenizer, tok: Path, sft: Optional[SFTConfig] = None) -> None:
     (tmp / "config.json").write_text(json.dumps(llama_config(cfg, tokenizer.eos_id), indent=1))
-    (tmp / "generation_config.json").write_text(json.dumps({"eos_token_id": tokenizer.eos_id}))
+    generation: dict = {"eos_token_id": tokenizer.eos_id}
+    if sft is not None:  # an answer ends at the end marker: `generate(..., tokenizer=tok)` stops there
+        generation["stop_strings"] = [sft.end]
+    (tmp / "generation_config.json").write_text(json.dumps(generation))
     if tokenizer.kind == "bpe":  # a tokenizers JSON: transformers' fast tokenizer reads it as is
         shutil.copy(tok, tmp / "tokenizer.json")
-        (tmp / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+        config: dict = {"tokenizer_class": "PreTrainedTokenizerFast"}
+        if sft is not None:
+            config["chat_template"] = chat_template(sft)
+        (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
     else:  # char and byte vocabularies are trainlab's own: kept beside the weights
         shutil.copy(tok, tmp / "trainlab_tokenizer.json")
 
