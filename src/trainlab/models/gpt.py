@@ -140,6 +140,8 @@ def _probs_size(BH: int, T: int, causal: bool) -> int:
     return BH * sum((r1 - r0) * n for r0, r1, n in _query_blocks(T, causal))
 
 
+# Rename the operator when its outputs change: inductor's FX-graph cache does not key on the fake
+# implementation, so a compiled graph cached for the old outputs would be replayed against the new ones.
 @torch.library.custom_op("trainlab::block_attention", mutates_args=())
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, attention probabilities) for (B, H, T, D) inputs. The probabilities, kept for backward, are
