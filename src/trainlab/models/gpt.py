@@ -100,9 +100,8 @@ class Attention(nn.Module):
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0,
                    causal: bool = True) -> torch.Tensor:
     """softmax(QK^T / sqrt(d)) V written out (causal unless told), as a few large batched matmuls around a
-    softmax. Without dropout it is `trainlab::block_attention`, which runs causal attention in blocks of
-    queries that skip the keys they cannot see, an operator torch.compile leaves whole: on a CPU
-    under bf16 the compiled form of these lines spends about 3x as long in its softmax kernels as torch's
+    softmax. Without dropout it is `trainlab::block_attention`, an operator torch.compile leaves whole, in
+    which causal attention runs in blocks of queries that skip the keys they cannot see: on a CPU under bf16 the compiled form of these lines spends about 3x as long in its softmax kernels as torch's
     own softmax, and scaled_dot_product_attention's flash kernel is slower still at the short sequences small
     models use (bench/throughput.py --attention)."""
     if not dropout:
@@ -140,6 +139,16 @@ def _probs_size(BH: int, T: int, causal: bool) -> int:
     return BH * sum((r1 - r0) * n for r0, r1, n in _query_blocks(T, causal))
 
 
+def _probs_blocks(probs: torch.Tensor, BH: int, T: int, causal: bool) -> list[tuple[int, int, int, torch.Tensor]]:
+    """(first query, end of queries, keys seen, its (BH, queries, keys) view of the packed probabilities)."""
+    out, offset = [], 0
+    for r0, r1, n in _query_blocks(T, causal):
+        size = BH * (r1 - r0) * n
+        out.append((r0, r1, n, probs[offset:offset + size].view(BH, r1 - r0, n)))
+        offset += size
+    return out
+
+
 # Rename the operator when its outputs change: inductor's FX-graph cache does not key on the fake
 # implementation, so a compiled graph cached for the old outputs would be replayed against the new ones.
 @torch.library.custom_op("trainlab::block_attention", mutates_args=())
@@ -152,15 +161,12 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) 
     out = torch.empty_like(q3)
     probs = q.new_empty(_probs_size(B * H, T, causal))
     mask = _causal_mask(T, q.dtype, q.device) if causal else None
-    offset = 0
-    for r0, r1, n in _query_blocks(T, causal):
+    for r0, r1, n, p in _probs_blocks(probs, B * H, T, causal):
         kt = k3[:, :n].transpose(1, 2)
         if causal:  # the mask is added inside the matmul
             scores = torch.baddbmm(mask[r0:r1, :n].expand(B * H, r1 - r0, n), q3[:, r0:r1], kt, alpha=D ** -0.5)
         else:
             scores = torch.bmm(q3[:, r0:r1], kt).mul_(D ** -0.5)
-        p = probs[offset:offset + scores.numel()].view(scores.shape)
-        offset += scores.numel()
         torch.ops.aten._softmax.out(scores, -1, False, out=p)
         if r1 - r0 == T:
             torch.bmm(p, v3, out=out)
@@ -188,11 +194,8 @@ def _attention_backward(ctx, grad_out, grad_probs):
     q3, k3, v3 = q.reshape(B * H, T, D), k.reshape(B * H, T, D), v.reshape(B * H, T, D)
     g = grad_out.reshape(B * H, T, D)
     dq, dk, dv = torch.empty_like(q3), torch.empty_like(k3), torch.empty_like(v3)
-    blocks, offset = _query_blocks(T, ctx.causal), probs.numel()
-    for r0, r1, n in reversed(blocks):  # the last block sees every key: it writes dk and dv, the others add
-        size = B * H * (r1 - r0) * n
-        offset -= size
-        p = probs[offset:offset + size].view(B * H, r1 - r0, n)
+    # the last block sees every key: it writes dk and dv, the others add
+    for r0, r1, n, p in reversed(_probs_blocks(probs, B * H, T, ctx.causal)):
         gi = g[:, r0:r1]
         dp = torch.bmm(gi, v3[:, :n].transpose(1, 2))
         ds = torch._softmax_backward_data(dp, p, -1, p.dtype).mul_(D ** -0.5)
