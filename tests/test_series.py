@@ -110,6 +110,18 @@ def test_training_run_logs_components_and_generate_plots(tmp_path, btc):
     out = cli("generate", str(run), "--seed", "3").stdout
     plot = out.strip().split("plot: ")[-1]
     assert plot.endswith(".png") and (run / plot.split("/")[-1]).stat().st_size > 5000
+    # eval --data scores every window of another file: its uniform baseline, a function of the windows
+    # alone, equals one computed by hand over all of them
+    other = tmp_path / "head.csv"
+    other.write_text("".join(btc.read_text().splitlines(keepends=True)[:401]))
+    scored = json.loads(cli("eval", str(run), "--data", str(other)).stdout)
+    s = SeriesConfig(lookback=24, pred_len=8)
+    values = series.read_candles(other, s.features).values
+    windows = np.stack([values[i:i + s.window] for i in range(0, 400 - s.window + 1, s.stride)])
+    x = series.normalise(windows, s.lookback, s.clip)[0].astype(np.float32).astype(np.float64)
+    bits = uniform_bits(s.s1_bits + s.s2_bits, len(s.features))
+    assert scored["data"] == str(other)
+    assert scored["mse_uniform"] == pytest.approx(float(((uniform_quantise(x, bits, s.clip) - x) ** 2).mean()), rel=1e-6)
     # init_from a series run: fine-tuning starts from its best weights (one step at a negligible lr keeps them)
     tuned = tmp_path / "tuned"
     cli("train", "--config", str(run / "config.yaml"), "--set", f"init_from={run}", "--set", "train.max_steps=1",

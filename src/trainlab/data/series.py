@@ -96,6 +96,10 @@ class SeriesData:
         lo, hi = (0, self.split) if part == "train" else (self.split, len(self.candles.values))
         return np.arange(lo, hi - W + 1, self.cfg.stride, dtype=np.int64)
 
+    def combined(self) -> np.ndarray:
+        """Window starts over the whole file, both parts (what `trainlab eval RUN --data FILE` scores)."""
+        return np.arange(0, len(self.candles.values) - self.cfg.window + 1, self.cfg.stride, dtype=np.int64)
+
     def window(self, start: int) -> np.ndarray:
         return self.candles.values[start:start + self.cfg.window]
 

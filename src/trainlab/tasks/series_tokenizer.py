@@ -123,7 +123,8 @@ class SeriesTokenizer(Task):
         # squared errors (coarse, all bits, uniform baseline), values, quantiser loss x windows, windows
         sums = torch.zeros(6, dtype=torch.float64)
         codes: list[list[np.ndarray]] = [[], []]
-        for part in chunks(self.val_starts[self.rank::self.world], self.cfg.train.batch_size):
+        starts = self.val_starts if tokens is None else np.asarray(tokens)  # window starts, from `eval --data`
+        for part in chunks(starts[self.rank::self.world], self.cfg.train.batch_size):
             x = torch.from_numpy(self.windows(part)).to(self.device)
             with autocast():
                 pre, full, quant, bits = forward(x)
