@@ -92,6 +92,58 @@ def test_model_reconstructs_both_levels_and_counts_parameters():
     assert m.num_params() == sum(p.numel() for p in m.parameters()) and m.flops_per_token() > 6 * m.num_params()
 
 
+def test_validation_metrics_over_two_processes_equal_one_process_over_the_same_windows(btc):
+    """Each process scores its share of the windows; the errors and the codebook statistics (gathered
+    code ids, not each process's own) equal one process scoring them all. Two threads stand in for the
+    processes, their all-reduce a barrier."""
+    import contextlib
+    import threading
+
+    from trainlab.config import build_config
+    from trainlab.presets import get_preset
+    from trainlab.tasks.series_tokenizer import SeriesTokenizer as Task
+
+    tree = get_preset("kronos-btc").to_dict()
+    tree["data"]["source"] = str(btc)
+    tree["series"].update(lookback=24, pred_len=8)
+    tree["model"].update(d_model=16)
+    tree["train"].update(eval_batches=3, batch_size=8)
+    cfg = build_config(tree)
+    data = series.load(cfg.data, cfg.series)
+    cfg = Task.configure(cfg, data)
+    torch.manual_seed(0)
+    model = Task.build_model(cfg).eval()
+    tasks = [Task(cfg, data, torch.device("cpu"), rank, 2) for rank in range(2)]
+    single = Task(cfg, data, torch.device("cpu"))
+    single.val_starts = tasks[0].val_starts  # the same windows (two processes take twice as many)
+    barrier, deposits, rows = threading.Barrier(2), {}, [None, None]
+
+    def all_reduce(rank):
+        def reduce(t):
+            deposits[rank] = t.clone()
+            barrier.wait()
+            total = deposits[0] + deposits[1]
+            barrier.wait()
+            return total
+        return reduce
+
+    def work(rank):
+        with torch.no_grad():
+            rows[rank] = tasks[rank].evaluate(model, contextlib.nullcontext, all_reduce(rank))
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with torch.no_grad():
+        one = single.evaluate(model, contextlib.nullcontext, lambda t: t)
+    assert rows[0] == rows[1] and set(rows[0]) == set(one)
+    assert "codebook_usage_s1" in one and "codebook_perplexity_s2" in one
+    for key in set(one) - {"loss", "loss_quant"}:  # the quantiser's loss holds a per-batch entropy term
+        assert rows[0][key] == pytest.approx(one[key], rel=1e-6), key  # float32 batches of other sizes
+
+
 def test_training_run_logs_components_and_generate_plots(tmp_path, btc):
     run = tmp_path / "kronos"
     cli("train", "--preset", "kronos-btc", "--run-dir", str(run), "--set", "train.max_seconds=null",

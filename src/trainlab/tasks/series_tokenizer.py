@@ -140,10 +140,22 @@ class SeriesTokenizer(Task):
         quant = quant_sum / max(windows, 1)
         row = {"loss": (mse_pre + mse_all + quant) / 2, "mse_pre": mse_pre, "mse_all": mse_all, "mse": mse_all,
                "loss_quant": quant, "mse_uniform": mse_uniform, "mse_ratio": mse_uniform / max(mse_all, 1e-12)}
+        # codebook statistics over every process's codes: each fills its own slot of a shared buffer
+        # (padded with -1) and the sum over processes gathers them
+        slot = -(-len(starts) // self.world) * s.window
         for level, name, n_bits in ((0, "s1", s.s1_bits), (1, "s2", s.s2_bits)):
-            if not n_bits or not codes[level]:
+            if not n_bits:
                 continue
-            ids = np.concatenate(codes[level])
+            gathered = torch.zeros(self.world * slot, dtype=torch.float64)
+            mine = gathered[self.rank * slot:(self.rank + 1) * slot]
+            mine.fill_(-1)
+            if codes[level]:
+                local = torch.from_numpy(np.concatenate(codes[level])).double()
+                mine[:len(local)] = local
+            ids = reduce(gathered).numpy()
+            ids = ids[ids >= 0]
+            if not len(ids):
+                continue
             _, counts = np.unique(ids, return_counts=True)
             p = counts / counts.sum()
             row[f"codebook_usage_{name}"] = len(counts) / min(len(ids), 2 ** n_bits)
