@@ -33,8 +33,11 @@ def weights(run) -> dict:
 
 def test_two_processes_with_half_the_batch_match_one_with_all(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    trainlab(*STEPS, "--set", "train.batch_size=8", "--run-dir", str(one))
-    out = trainlab(*STEPS, "--set", "train.batch_size=4", "--run-dir", str(two), nproc=2)
+    # AdamW: Muon's bf16 orthogonalisation turns rounding-level gradient differences into update
+    # differences of a bf16 ulp, far above the fp32 tolerance this comparison of gradients needs
+    adamw = ["--set", "optim.name=adamw"]
+    trainlab(*STEPS, *adamw, "--set", "train.batch_size=8", "--run-dir", str(one))
+    out = trainlab(*STEPS, *adamw, "--set", "train.batch_size=4", "--run-dir", str(two), nproc=2)
     assert out.stdout.count("done: budget at step 6") == 1  # rank 0 alone reports
     a, b = weights(one), weights(two)
     assert a.keys() == b.keys()
