@@ -26,8 +26,11 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "warning: could not install chromium; the report test skips (and fails under CI=true)"
 
+# two workers, a test file each: most tests wait on a single-threaded trainlab process, so two at once
+# nearly halve the suite on 2 cores; a file stays on one worker (its fixtures and the errors doc need it)
+TEST_WORKERS ?= 2
 test: venv chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: venv
 	$(BIN)/python bench/throughput.py
