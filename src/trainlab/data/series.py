@@ -91,14 +91,15 @@ class SeriesData:
         return len(self.candles.features)
 
     def starts(self, part: str) -> np.ndarray:
-        """Window starts that stay inside the part (train: rows before the split, val: from it on)."""
-        W = self.cfg.window
-        lo, hi = (0, self.split) if part == "train" else (self.split, len(self.candles.values))
-        return np.arange(lo, hi - W + 1, self.cfg.stride, dtype=np.int64)
+        """Window starts that stay inside the part (train: rows before the split, val: from it on, all: the
+        whole file)."""
+        n = len(self.candles.values)
+        lo, hi = {"train": (0, self.split), "val": (self.split, n), "all": (0, n)}[part]
+        return np.arange(lo, hi - self.cfg.window + 1, self.cfg.stride, dtype=np.int64)
 
     def combined(self) -> np.ndarray:
-        """Window starts over the whole file, both parts (what `trainlab eval RUN --data FILE` scores)."""
-        return np.arange(0, len(self.candles.values) - self.cfg.window + 1, self.cfg.stride, dtype=np.int64)
+        """Window starts over the whole file (what `trainlab eval RUN --data FILE` scores)."""
+        return self.starts("all")
 
     def window(self, start: int) -> np.ndarray:
         return self.candles.values[start:start + self.cfg.window]
