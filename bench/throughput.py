@@ -137,7 +137,7 @@ def bench_shape(name, shape, data, steps, warmup, attention="auto"):
     L, H, D, T, B = shape
     cfg = shakespeare_char().to_dict()
     cfg["model"].update(n_layer=L, n_head=H, d_model=D, seq_len=T, vocab_size=data.tokenizer.vocab_size, dropout=0.0,
-                        attention=attention)
+                        attention=attention, qk_norm=False)  # the plain loop's Llama block
     cfg["train"].update(batch_size=B, max_seconds=None, max_steps=10_000, precision="auto", compile=True)
     cfg["schedule"].update(name="constant", warmup_steps=0)
     cfg["optim"].update(name="adamw", grad_clip=1.0)  # the plain loop's optimizer

@@ -11,16 +11,18 @@ import torch
 from conftest import cli
 
 
-def test_exported_causal_lm_matches_in_transformers(tmp_path):
+@pytest.mark.parametrize("qk_norm,model_type", [(False, "llama"), (True, "qwen3")])
+def test_exported_causal_lm_matches_in_transformers(tmp_path, qk_norm, model_type):
     import transformers
 
     from trainlab.generate import generate
     from trainlab.inference import load_run
 
     run, out = tmp_path / "run", tmp_path / "hf"
-    cli("train", "--preset", "tiny", "--set", "train.max_steps=30", "--run-dir", str(run))
+    cli("train", "--preset", "tiny", "--set", "train.max_steps=30", "--set", f"model.qk_norm={qk_norm}",
+        "--run-dir", str(run))
     cli("export", str(run), "--format", "hf", "--out", str(out))
-    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    assert json.loads((out / "config.json").read_text())["model_type"] == model_type
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
     ours = load_run(run)
     x = torch.tensor([list(ours.tokenizer.encode("ROMEO:\nWhat light through yonder"))], dtype=torch.long)
@@ -41,19 +43,26 @@ def test_export_refuses_a_non_empty_directory(tmp_path):
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
 
 
-def test_init_from_an_exported_transformers_directory(tmp_path):
-    """The other way: a new run starts from a Llama directory's weights (here one trainlab exported)."""
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_init_from_an_exported_transformers_directory(tmp_path, qk_norm):
+    """The other way: a new run starts from a Llama (or Qwen3) directory's weights (here one trainlab exported)."""
     from trainlab.export import load_transformers_dir
     from trainlab.inference import load_run
 
     run, out, new = tmp_path / "run", tmp_path / "hf", tmp_path / "new"
-    cli("train", "--preset", "tiny", "--set", "train.max_steps=20", "--run-dir", str(run))
+    qk = ["--set", f"model.qk_norm={qk_norm}"]
+    cli("train", "--preset", "tiny", "--set", "train.max_steps=20", *qk, "--run-dir", str(run))
     cli("export", str(run), "--out", str(out))
     weights = load_transformers_dir(out)
     original = load_run(run).model.state_dict()
+    assert set(weights) == set(original) - ({"lm_head.weight"} if load_run(run).cfg.model.tie_embeddings else set())
     for k, v in weights.items():
         assert torch.equal(v, original[k]), k
-    cli("train", "--preset", "tiny", "--set", f"init_from={out}", "--set", "train.max_steps=1",
+    mismatch = cli("train", "--preset", "tiny", "--set", f"init_from={out}", "--set", f"model.qk_norm={not qk_norm}",
+                   "--run-dir", str(tmp_path / "mismatch"), check=False)
+    assert mismatch.returncode == 2 and f"set model.qk_norm={str(qk_norm).lower()}" in mismatch.stderr
+    assert not (tmp_path / "mismatch").exists()
+    cli("train", "--preset", "tiny", "--set", f"init_from={out}", *qk, "--set", "train.max_steps=1",
         "--set", "optim.lr=1e-12", "--set", "train.eval_interval=1", "--run-dir", str(new))
     rows = [json.loads(x) for x in (new / "metrics.jsonl").read_text().splitlines()]
     first_val = next(r for r in rows if r["split"] == "val")

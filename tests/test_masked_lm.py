@@ -255,6 +255,14 @@ def test_vocab_without_room_for_mask_exits_2(run, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("setting,message", [("model.qk_norm=true", "model.qk_norm must be false for task masked_lm"),
+                                             ("model.moe.experts=4", "model.moe.experts must be 0 for task masked_lm")])
+def test_decoder_only_options_exit_2(run, tmp_path, setting, message):
+    proc = cli("train", *TINY, "--set", setting, "--run-dir", str(tmp_path / "new"), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr
+    assert not (tmp_path / "new").exists()
+
+
 def test_generate_without_mask_exits_2_and_the_probe_is_skipped(run):
     proc = cli("generate", str(run), "--prompt", "To be, or not to be", check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "put [MASK]" in proc.stderr

@@ -1,4 +1,4 @@
-"""The decoder: causality, KV cache, and parity with transformers' Llama on the same weights."""
+"""The decoder: causality, KV cache, and parity with transformers' Llama (Qwen3 with qk_norm) on the same weights."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ def test_future_tokens_do_not_change_past_logits():
     assert not torch.allclose(a[:, 12:], b[:, 12:])
 
 
-def test_kv_cache_prefill_and_decode_equal_full_recomputation():
-    model = tiny_model()
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_kv_cache_prefill_and_decode_equal_full_recomputation(qk_norm):
+    model = tiny_model(qk_norm=qk_norm)
     x = torch.randint(0, 50, (3, 18))
     with torch.no_grad():
         full = model(x)
@@ -54,20 +55,29 @@ def test_flops_estimate_counts_the_real_parameters():
     assert model.flops_per_token() == 6 * n + 12 * cfg.n_layer * cfg.seq_len * cfg.d_model
 
 
-def test_logits_match_transformers_llama_on_the_same_weights():
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_logits_match_transformers_llama_on_the_same_weights(qk_norm):
+    """Llama; with qk_norm, Qwen3 (Llama with RMSNorm on each head's queries and keys before RoPE)."""
     transformers = pytest.importorskip("transformers")
-    model = tiny_model(seed=3)
+    model = tiny_model(seed=3, qk_norm=qk_norm)
     cfg = model.cfg
-    hf_cfg = transformers.LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model,
-                                      intermediate_size=cfg.ffn_hidden_size, num_hidden_layers=cfg.n_layer,
-                                      num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
-                                      max_position_embeddings=cfg.seq_len, rms_norm_eps=cfg.norm_eps,
-                                      rope_theta=cfg.rope_theta, tie_word_embeddings=False,
-                                      attention_bias=False, mlp_bias=False)
-    hf = transformers.LlamaForCausalLM(hf_cfg).eval()
+    if qk_norm:  # norm weights away from their init of ones, so a norm left out or misplaced shows
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attn.q_norm.weight.uniform_(0.5, 1.5)
+                block.attn.k_norm.weight.uniform_(0.5, 1.5)
+    common = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_hidden_size,
+                  num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
+                  head_dim=cfg.head_dim, max_position_embeddings=cfg.seq_len, rms_norm_eps=cfg.norm_eps,
+                  rope_theta=cfg.rope_theta, tie_word_embeddings=False, attention_bias=False)
+    if qk_norm:
+        hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**common)).eval()
+    else:
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, mlp_bias=False)).eval()
     from trainlab.export import to_llama
 
     mapped = to_llama(model.state_dict(), cfg)  # the exporter's mapping: q/k/v and gate/up split one-to-one
+    assert sum(".q_norm." in k for k in mapped) == (cfg.n_layer if qk_norm else 0)
     missing, unexpected = hf.load_state_dict(mapped, strict=False)
     assert not unexpected and all("rotary" in m for m in missing)
     x = torch.randint(0, cfg.vocab_size, (2, 16))

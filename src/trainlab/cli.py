@@ -253,7 +253,8 @@ def tune(space: Path = typer.Argument(..., help="A search space YAML: params, bu
 
 @app.command()
 def export(run: Path = typer.Argument(..., help="A run directory."),
-           format_: str = typer.Option("hf", "--format", help="hf: a transformers directory (Llama for a causal LM)."),
+           format_: str = typer.Option("hf", "--format", help="hf: a transformers directory (Llama for a causal "
+                                                               "LM, Qwen3 with model.qk_norm)."),
            out: Path = typer.Option(..., "--out", help="The directory to create.")) -> None:
     """Export a run's best checkpoint for other tools."""
     from trainlab.export import export_hf

@@ -64,6 +64,10 @@ class ModelConfig(_Section):
     """A bias on the output projection (as BERT's MLM head; seed 000's parameter table counts it)."""
     ffn_hidden: Optional[int] = Field(None, ge=1)
     """SwiGLU hidden width; default 8/3 * d_model rounded up to a multiple of 32."""
+    qk_norm: bool = False
+    """RMSNorm over each head's queries and keys before the rotary embedding (as Qwen3 and OLMo 2): the
+    attention logits stay bounded, so a short run can keep a high learning rate. A causal LM with it exports
+    as Qwen3 rather than Llama."""
     rope_theta: float = Field(10000.0, gt=0)
     """Base of the rotary position embedding."""
     norm_eps: float = Field(1e-5, gt=0)

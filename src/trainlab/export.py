@@ -1,6 +1,7 @@
-"""Export a run to the Hugging Face format: a causal LM becomes a Llama-compatible directory
-(config.json, model.safetensors, tokenizer) that `transformers.AutoModelForCausalLM` loads, a masked
-LM a BERT directory that `transformers.AutoModelForMaskedLM` loads."""
+"""Export a run to the Hugging Face format: a causal LM becomes a Llama-compatible directory (Qwen3 with
+`model.qk_norm`: Llama with RMSNorm on queries and keys) holding config.json, model.safetensors and the
+tokenizer, that `transformers.AutoModelForCausalLM` loads; a masked LM a BERT directory that
+`transformers.AutoModelForMaskedLM` loads."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ from trainlab.errors import TrainlabError
 
 
 def llama_config(cfg: ModelConfig, eos_id=None) -> dict:
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
+    """Llama's config.json, or Qwen3's for a model with qk_norm (Qwen3 is Llama with RMSNorm on each head's
+    queries and keys before the rotary embedding, which is what qk_norm computes)."""
+    arch = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "use_sliding_window": False,
+            "sliding_window": None} if cfg.qk_norm else {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
+    return {**arch, "vocab_size": cfg.vocab_size,
             "hidden_size": cfg.d_model, "intermediate_size": cfg.ffn_hidden_size, "num_hidden_layers": cfg.n_layer,
             "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head, "head_dim": cfg.head_dim,
             "max_position_embeddings": cfg.seq_len, "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
@@ -44,6 +49,9 @@ def to_llama(weights: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, to
         for name, w in zip(("q_proj", "k_proj", "v_proj"), weights[p + "attn.qkv_proj.weight"].chunk(3)):
             out[q + f"self_attn.{name}.weight"] = w
         out[q + "self_attn.o_proj.weight"] = weights[p + "attn.o_proj.weight"]
+        if cfg.qk_norm:
+            out[q + "self_attn.q_norm.weight"] = weights[p + "attn.q_norm.weight"]
+            out[q + "self_attn.k_norm.weight"] = weights[p + "attn.k_norm.weight"]
         for name, w in zip(("gate_proj", "up_proj"), weights[p + "mlp.gate_up_proj.weight"].chunk(2)):
             out[q + f"mlp.{name}.weight"] = w
         out[q + "mlp.down_proj.weight"] = weights[p + "mlp.down_proj.weight"]
@@ -213,7 +221,7 @@ def from_bert(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.T
 
 
 def from_llama(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
-    """Llama's names to ours: q/k/v and gate/up fused back into one matrix each."""
+    """Llama's (or Qwen3's) names to ours: q/k/v and gate/up fused back into one matrix each."""
     out = {"embed.weight": state["model.embed_tokens.weight"], "norm.weight": state["model.norm.weight"]}
     if "lm_head.weight" in state:
         out["lm_head.weight"] = state["lm_head.weight"]
@@ -224,13 +232,16 @@ def from_llama(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.
         out[p + "attn.qkv_proj.weight"] = torch.cat([state[q + f"self_attn.{n}.weight"]
                                                     for n in ("q_proj", "k_proj", "v_proj")])
         out[p + "attn.o_proj.weight"] = state[q + "self_attn.o_proj.weight"]
+        if q + "self_attn.q_norm.weight" in state:  # Qwen3
+            out[p + "attn.q_norm.weight"] = state[q + "self_attn.q_norm.weight"]
+            out[p + "attn.k_norm.weight"] = state[q + "self_attn.k_norm.weight"]
         out[p + "mlp.gate_up_proj.weight"] = torch.cat([state[q + f"mlp.{n}.weight"] for n in ("gate_proj", "up_proj")])
         out[p + "mlp.down_proj.weight"] = state[q + "mlp.down_proj.weight"]
     return out
 
 
 def load_transformers_dir(path: Path) -> dict[str, torch.Tensor]:
-    """Weights of a local transformers directory of a Llama-architecture (causal) or BERT-architecture
+    """Weights of a local transformers directory of a Llama- or Qwen3-architecture (causal) or BERT-architecture
     (masked LM) model, in trainlab's names."""
     from safetensors.torch import load_file
 
@@ -238,12 +249,14 @@ def load_transformers_dir(path: Path) -> dict[str, torch.Tensor]:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
         raise TrainlabError(f"init_from '{path}': config.json is not readable JSON") from None
-    if config.get("model_type") not in ("llama", "bert"):
+    if config.get("model_type") not in ("llama", "qwen3", "bert"):
         raise TrainlabError(f"init_from '{path}': model_type {config.get('model_type')!r} is not supported "
-                            f"(Llama-architecture causal LMs and BERT-architecture masked LMs are)")
+                            f"(Llama- and Qwen3-architecture causal LMs and BERT-architecture masked LMs are)")
     if config.get("model_type") == "bert" and config.get("position_embedding_type", "absolute") != "absolute":
         raise TrainlabError(f"init_from '{path}': position_embedding_type {config['position_embedding_type']!r} has "
                             f"no trainlab equivalent (absolute positions do)")
+    if config.get("use_sliding_window"):
+        raise TrainlabError(f"init_from '{path}': sliding-window attention has no trainlab equivalent")
     if config.get("num_key_value_heads", config.get("num_attention_heads")) != config.get("num_attention_heads"):
         raise TrainlabError(f"init_from '{path}': grouped-query attention (num_key_value_heads < "
                             f"num_attention_heads) has no trainlab equivalent yet")

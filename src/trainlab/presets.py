@@ -20,9 +20,12 @@ def shakespeare_char() -> RunConfig:
     ~1,300 steps. Muon momentum 0.9 rather than 0.95 suits a run this short: at 1,150 steps 2.192 and
     2.191 bits/char (two seeds) against 2.202 and 2.206 (0.85: 2.200). WSD, holding the peak lr for half the
     run and decaying linearly to zero over the other half: at 1,000 steps 2.194 and 2.192 bits/char (two seeds)
-    against cosine to 5%'s 2.216 and 2.217 (decaying over the last 35% or 80%: 2.210; cosine to zero: 2.211)."""
+    against cosine to 5%'s 2.216 and 2.217 (decaying over the last 35% or 80%: 2.210; cosine to zero: 2.211).
+    RMSNorm on queries and keys (qk_norm): at 1,000 steps 2.177 and 2.172 against 2.198 and 2.192 without, for
+    about 4% fewer steps in the same time."""
     cfg = base()
-    cfg.model = cfg.model.model_copy(update=dict(n_layer=4, n_head=4, d_model=128, seq_len=128, dropout=0.0))
+    cfg.model = cfg.model.model_copy(update=dict(n_layer=4, n_head=4, d_model=128, seq_len=128, dropout=0.0,
+                                                 qk_norm=True))
     cfg.data = cfg.data.model_copy(update=dict(source="shakespeare", tokenizer="char"))
     cfg.optim = cfg.optim.model_copy(update=dict(name="muon", lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95),
                                                  grad_clip=1.0, muon_momentum=0.9))
@@ -61,7 +64,8 @@ def shakespeare_sft() -> RunConfig:
 def tiny() -> RunConfig:
     """For tests: a few thousand parameters, fp32, eager, a few steps."""
     cfg = shakespeare_char()
-    cfg.model = cfg.model.model_copy(update=dict(n_layer=2, n_head=2, d_model=32, seq_len=32, dropout=0.0))
+    cfg.model = cfg.model.model_copy(update=dict(n_layer=2, n_head=2, d_model=32, seq_len=32, dropout=0.0,
+                                                 qk_norm=False))
     cfg.optim = cfg.optim.model_copy(update=dict(lr=3e-3))
     cfg.schedule = cfg.schedule.model_copy(update=dict(name="cosine", warmup_steps=2, min_lr_ratio=0.05))
     cfg.train = cfg.train.model_copy(update=dict(batch_size=4, max_seconds=None, max_steps=20, eval_interval=10,
@@ -103,7 +107,8 @@ def micro_bert() -> RunConfig:
     cfg = shakespeare_bpe()
     cfg.task = "masked_lm"
     cfg.model = cfg.model.model_copy(update=dict(n_layer=2, n_head=2, d_model=16, seq_len=32, dropout=0.0,
-                                                 tie_embeddings=False, output_bias=True, norm_eps=1e-12))
+                                                 tie_embeddings=False, output_bias=True, norm_eps=1e-12,
+                                                 qk_norm=False))
     cfg.data = cfg.data.model_copy(update=dict(bpe_vocab_size=1024))
     cfg.optim = cfg.optim.model_copy(update=dict(name="adamw", lr=5e-3, weight_decay=0.01, betas=(0.9, 0.999),
                                                  grad_clip=5.0))

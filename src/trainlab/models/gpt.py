@@ -1,7 +1,7 @@
 """Decoder-only transformer: RMSNorm, rotary positions, SwiGLU, attention through SDPA.
 
 The layout follows Llama's (pre-norm, rotate-half RoPE, gate/up/down feed-forward), so weights map
-one to one onto a transformers `LlamaForCausalLM`.
+one to one onto a transformers `LlamaForCausalLM`, or with `qk_norm` onto a `Qwen3ForCausalLM`.
 """
 
 from __future__ import annotations
@@ -70,10 +70,14 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
         self.kernel = "sdpa"  # or "math"; chosen for the device and precision by `GPT.use_attention`
         self.causal = True  # an encoder (the series tokenizer's) attends both ways
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(self, x, cos, sin, cache: Optional[KVCache] = None, layer: int = 0):
         B, T, C = x.shape
         q, k, v = self.qkv_proj(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask, causal = None, True
         if cache is not None:

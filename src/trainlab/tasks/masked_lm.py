@@ -148,6 +148,9 @@ class MaskedLM(TokenTask):
         if cfg.model.moe.experts:
             raise ConfigError("model.moe.experts must be 0 for task masked_lm: the BERT encoder has dense "
                               "feed-forward layers only")
+        if cfg.model.qk_norm:
+            raise ConfigError("model.qk_norm must be false for task masked_lm: the BERT encoder normalises its "
+                              "layers after attention, not its queries and keys")
         need = max(mask_id(data.tokenizer) + 1, data.tokenizer.vocab_size)
         if cfg.model.vocab_size is not None and cfg.model.vocab_size < need:
             raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} leaves no room for [MASK]: the masked LM "

@@ -180,7 +180,10 @@ def _train(cfg, run_dir, resume, fresh, log, on_eval, dist, task) -> dict:
                 try:
                     trainer.load_model_state(init_weights)
                 except (ValueError, RuntimeError):
-                    raise ConfigError(f"init_from '{cfg.init_from}': its weights do not fit this model's shape") from None
+                    hint = ""
+                    if any(".q_norm." in k for k in init_weights) != cfg.model.qk_norm:
+                        hint = f"; set model.qk_norm={str(not cfg.model.qk_norm).lower()} as its source has"
+                    raise ConfigError(f"init_from '{cfg.init_from}': its weights do not fit this model's shape{hint}") from None
             if dist.main and not resumed:
                 clear_run(run_dir)
                 (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
@@ -209,7 +212,7 @@ def _train(cfg, run_dir, resume, fresh, log, on_eval, dist, task) -> dict:
 
 def load_init_weights(source: str) -> dict:
     """The best (else newest intact) weights of another run, or of a local transformers directory of a
-    Llama-architecture (causal LM) or BERT-architecture (masked LM) model, to start a new run from."""
+    Llama- or Qwen3-architecture (causal LM) or BERT-architecture (masked LM) model, to start a new run from."""
     from trainlab.train.checkpoint import CheckpointManager
 
     src = Path(source)
