@@ -112,7 +112,7 @@ def test_math_attention_equals_sdpa(dropout):
 
 @pytest.mark.parametrize("causal,T", [(True, 7), (False, 7), (True, 150), (False, 70)])
 def test_attention_operator_equals_sdpa_and_passes_opcheck(causal, T):
-    """trainlab::block_attention (the math kernel without dropout): outputs and input gradients equal
+    """trainlab::blocked_attention (the math kernel without dropout): outputs and input gradients equal
     scaled_dot_product_attention's in fp32, also where causal attention runs in query blocks
     (T=150: blocks of 64, 64 and 22 queries); its fake and autograd registrations pass torch's opcheck,
     which is what lets torch.compile keep it whole."""
@@ -121,7 +121,7 @@ def test_attention_operator_equals_sdpa_and_passes_opcheck(causal, T):
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, T, 8, requires_grad=True) for _ in range(3))
     g = torch.randn(2, 3, T, 8)
-    out, probs = torch.ops.trainlab.block_attention(q, k, v, causal)
+    out, probs = torch.ops.trainlab.blocked_attention(q, k, v, causal)
     grads = torch.autograd.grad(out, (q, k, v), g)
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     ref_grads = torch.autograd.grad(ref, (q, k, v), g)
@@ -134,7 +134,11 @@ def test_attention_operator_equals_sdpa_and_passes_opcheck(causal, T):
         assert bool((probs[..., 0, 1:] == 0).all()) == causal  # the first query sees only itself when causal
     else:  # blocks skip the keys no query of theirs sees: 64x64 + 64x128 + 22x150 per head when causal
         assert probs.numel() == 6 * ((64 * 64 + 64 * 128 + 22 * 150) if causal else T * T)
-    torch.library.opcheck(torch.ops.trainlab.block_attention.default, (q, k, v, causal))
+    torch.library.opcheck(torch.ops.trainlab.blocked_attention.default, (q, k, v, causal))
+    q, k, v, probs = q.detach(), k.detach(), v.detach(), probs.detach()
+    backward = torch.ops.trainlab.blocked_attention_backward(g, q, k, v, probs, causal)
+    assert all(torch.equal(a, b) for a, b in zip(backward, grads))  # autograd's backward is this operator
+    torch.library.opcheck(torch.ops.trainlab.blocked_attention_backward.default, (g, q, k, v, probs, causal))
 
 
 def test_attention_kernel_choice():

@@ -68,7 +68,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 
 def attention_kernel(choice: str, device: torch.device, precision: str, seq_len: int) -> str:
-    """`math` where the explicit form (trainlab::block_attention) beats scaled_dot_product_attention: bf16 on a CPU,
+    """`math` where the explicit form (trainlab::blocked_attention) beats scaled_dot_product_attention: bf16 on a CPU,
     short sequences (its flash kernel is several times slower there, bench/throughput.py --attention)."""
     if choice != "auto":
         return choice
