@@ -3,7 +3,9 @@
 For each shape, both train the same model (same weights, same batches of real Shakespeare, same
 AdamW settings) and we report tokens/s, their ratio, the MFU of each against this machine's
 measured matmul peak, and the first losses of both (they should agree: same maths, different
-execution). Run with nothing else on the machine; repeat it, identical runs differ by 5-9%.
+execution). The plain loop runs in a process of its own, with a script's default settings; the two
+take turns, never running at once. Run with nothing else on the machine; repeat it, identical runs
+differ by 5-9%.
 
     python bench/throughput.py [--steps 30] [--shapes small,large]
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing as mp
 import time
 
 import numpy as np
@@ -133,6 +136,36 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5, trials: int = 
     return best
 
 
+def plain_worker(conn, cfg_dict: dict, state: dict, batches: np.ndarray, threads: int) -> None:
+    """The plain loop, in a process of its own: trainlab changes process-wide settings (glibc keeps freed
+    memory, see hardware.keep_freed_memory), and the plain loop should run with a script's defaults.
+    Answers each (first step, steps) request with (losses, seconds)."""
+    torch.set_num_threads(threads)
+    cfg = build_config(cfg_dict)
+    plain = PlainGPT(cfg)
+    plain.load_state_dict(state, strict=False)
+    from trainlab.train.optimizers import param_groups
+
+    opt = torch.optim.AdamW(param_groups(plain, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                            eps=cfg.optim.eps)
+
+    def step(i):
+        rows = torch.from_numpy(batches[i])
+        x, y = rows[:, :-1], rows[:, 1:]
+        loss = F.cross_entropy(plain(x).view(-1, cfg.model.vocab_size), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(plain.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    while (request := conn.recv()) is not None:
+        first, n = request
+        t = time.perf_counter()
+        losses = [step(i) for i in range(first, first + n)]
+        conn.send((losses, time.perf_counter() - t))
+
+
 def bench_shape(name, shape, data, steps, warmup, attention="auto"):
     L, H, D, T, B = shape
     cfg = shakespeare_char().to_dict()
@@ -144,37 +177,32 @@ def bench_shape(name, shape, data, steps, warmup, attention="auto"):
     cfg = build_config(cfg)
 
     trainer = Trainer(cfg, data, run_dir="/tmp/trainlab-bench", log=lambda s: None)
-    plain = PlainGPT(cfg)
-    plain.load_state_dict(split_fused(trainer.model.state_dict()), strict=False)
-    from trainlab.train.optimizers import param_groups
+    windows = trainer.task.windows  # the trainer's own batches, in its order
+    batches = np.stack([windows.gather(windows.starts(np.arange(i * B, i * B + B))) for i in range(warmup + steps)])
+    ctx = mp.get_context("spawn")
+    conn, child_conn = ctx.Pipe()
+    worker = ctx.Process(target=plain_worker, args=(child_conn, cfg.to_dict(), split_fused(trainer.model.state_dict()),
+                                                    batches, torch.get_num_threads()), daemon=True)
+    worker.start()
 
-    opt = torch.optim.AdamW(param_groups(plain, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                            eps=cfg.optim.eps)
-    windows = trainer.task.windows
+    def plain(first, n):
+        conn.send((first, n))
+        return conn.recv()
 
-    def plain_step(step):
-        rows = torch.from_numpy(windows.gather(windows.starts(np.arange(step * B, step * B + B))))
-        x, y = rows[:, :-1], rows[:, 1:]
-        loss = F.cross_entropy(plain(x).view(-1, cfg.model.vocab_size), y.reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(plain.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
-
-    losses_t = [trainer.train_step()["loss"] for _ in range(warmup)]  # includes torch.compile's warm-up
-    losses_p = [plain_step(s) for s in range(warmup)]
-    tok = B * T * steps
-    results = {"trainlab": [], "plain": []}
-    for _ in range(2):  # interleave to even out drift on a shared machine
-        t = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step()
-        results["trainlab"].append(tok / (time.perf_counter() - t))
-        t = time.perf_counter()
-        for s in range(steps):
-            plain_step(warmup + s)
-        results["plain"].append(tok / (time.perf_counter() - t))
+    try:
+        losses_t = [trainer.train_step()["loss"] for _ in range(warmup)]  # includes torch.compile's warm-up
+        losses_p, _ = plain(0, warmup)
+        tok = B * T * steps
+        results = {"trainlab": [], "plain": []}
+        for _ in range(2):  # interleave to even out drift on a shared machine
+            t = time.perf_counter()
+            for _ in range(steps):
+                trainer.train_step()
+            results["trainlab"].append(tok / (time.perf_counter() - t))
+            results["plain"].append(tok / plain(warmup, steps)[1])
+    finally:
+        conn.send(None)
+        worker.join(timeout=60)
     return cfg, trainer, max(results["trainlab"]), max(results["plain"]), losses_t, losses_p
 
 

@@ -70,6 +70,8 @@ class Trainer:
         if dist.active and self.device.type == "cuda":
             self.device = torch.device("cuda", dist.local_rank)
         self.precision = hardware.resolve_precision(cfg.train.precision, self.device)
+        if self.device.type == "cpu":
+            hardware.keep_freed_memory()
         torch.manual_seed(cfg.train.seed)
         self.task = task_class(cfg.task)(cfg, data, self.device, dist.rank, dist.world)
         self.model = self.task.build_model(cfg).to(self.device)
