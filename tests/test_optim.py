@@ -104,7 +104,7 @@ def test_muon_equals_torch_muon_bitwise():
     shapes = [(48, 16), (16, 16), (16, 40), (48, 16), (16, 40)]
     ours = [torch.nn.Parameter(torch.randn(*s) * 0.02) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
-    a = Muon(ours, lr=1e-2, weight_decay=0.1, momentum=0.9)
+    a = Muon(ours, lr=1e-2, weight_decay=0.1, momentum=0.9, ns_dtype=torch.bfloat16)  # torch's precision
     b = torch.optim.Muon(theirs, lr=1e-2, weight_decay=0.1, momentum=0.9, adjust_lr_fn="match_rms_adamw")
     for _ in range(4):
         for p, q in zip(ours, theirs):
@@ -114,6 +114,31 @@ def test_muon_equals_torch_muon_bitwise():
         b.step()
     for p, q in zip(ours, theirs):
         assert p.detach().equal(q.detach())
+
+
+def test_muon_orthogonalises_in_bf16_only_where_bf16_is_fast(monkeypatch):
+    # on a CPU without AVX-512 bf16 a bf16 matmul runs ~100x slower than fp32, so Muon works in fp32 there
+    from trainlab.train import hardware
+    from trainlab.train.optimizers import Muon
+
+    def steps(fast: bool, pinned=None) -> torch.Tensor:
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"} if fast else {"avx2"}))
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(24, 16) * 0.02)
+        opt = Muon([p], lr=1e-2, weight_decay=0.1, momentum=0.9, ns_dtype=pinned)
+        for _ in range(3):
+            p.grad = torch.randn_like(p)
+            opt.step()
+        return p.detach()
+
+    assert steps(False).equal(steps(False, torch.float32))
+    assert steps(True).equal(steps(True, torch.bfloat16))
+    assert not steps(False).equal(steps(True))  # the two precisions do differ on these inputs
+    torch.testing.assert_close(steps(False), steps(True), rtol=0, atol=2e-3)  # but both are the same step
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert hardware.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert hardware.resolve_precision("auto", torch.device("cpu")) == "bf16"
 
 
 def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():

@@ -72,6 +72,9 @@ class Trainer:
         self.precision = hardware.resolve_precision(cfg.train.precision, self.device)
         if self.device.type == "cpu":
             hardware.keep_freed_memory()
+            if self.precision == "bf16" and not hardware.fast_bf16(self.device) and dist.main:
+                log("warning: train.precision=bf16 on a CPU without AVX-512 bf16 or AMX runs many times slower "
+                    "than fp32, which train.precision=auto picks here")
         torch.manual_seed(cfg.train.seed)
         self.task = task_class(cfg.task)(cfg, data, self.device, dist.rank, dist.world)
         self.model = self.task.build_model(cfg).to(self.device)
