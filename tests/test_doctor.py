@@ -191,3 +191,17 @@ def test_fp32_on_a_bf16_cpu_is_low_mfu(tmp_path):
     (run / "env.json").write_text(json.dumps(env))
     f = next(f for f in diagnose(run, check_data=False).findings if f.id == "low_mfu")
     assert f.severity == "medium" and f.suggested_overrides == {"train.precision": "bf16"}
+
+
+def test_bf16_on_a_cpu_without_fast_bf16_is_a_precision_mismatch(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIX / "golden" / "healthy", run)
+    assert "precision_mismatch" not in {f.id for f in diagnose(run, check_data=False).findings}
+    env = json.loads((run / "env.json").read_text())
+    env["precision"] = "bf16"  # the same run, as if made in bf16 on its AVX2 CPU
+    (run / "env.json").write_text(json.dumps(env))
+    f = next(f for f in diagnose(run, check_data=False).findings if f.id == "precision_mismatch")
+    assert f.severity == "medium" and f.suggested_overrides == {"train.precision": "fp32"}
+    env["hardware"]["cpu_bf16"] = True  # on a CPU with AVX-512 bf16, bf16 is the right choice
+    (run / "env.json").write_text(json.dumps(env))
+    assert "precision_mismatch" not in {f.id for f in diagnose(run, check_data=False).findings}

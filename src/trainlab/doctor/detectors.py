@@ -511,7 +511,7 @@ def low_mfu(c: Curves) -> Optional[Finding]:
 
 
 def precision_mismatch(c: Curves) -> Optional[Finding]:
-    """bf16 asked for on a GPU without bf16 tensor cores (seed 001's T4)."""
+    """bf16 asked for on a GPU without bf16 tensor cores (seed 001's T4), or on a CPU without fast bf16."""
     gpu = (c.s.fact("gpu_name") or "").lower()
     if c.s.fact("precision") == "bf16" and any(t in gpu for t in ("t4", "v100", "p100", "k80", "p4")):
         return Finding("precision_mismatch", "medium",
@@ -519,6 +519,12 @@ def precision_mismatch(c: Curves) -> Optional[Finding]:
                        "emulated and slower than fp16.",
                        "Use fp16 with a grad scaler on this GPU (precision: auto picks it).",
                        {"train.precision": "fp16"})
+    device = c.s.fact("device") or ""
+    if c.s.fact("precision") == "bf16" and device.startswith("cpu") and c.s.fact("cpu_bf16") is False:
+        return Finding("precision_mismatch", "medium",
+                       "the run used bf16 on a CPU without AVX-512 bf16 or AMX, where a bf16 matmul runs tens of "
+                       "times slower than fp32 (1 against 99 GFLOP/s on an AVX2 EPYC).",
+                       "Train in fp32 on this CPU (precision: auto picks it).", {"train.precision": "fp32"})
     return None
 
 
