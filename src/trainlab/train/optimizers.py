@@ -1,10 +1,11 @@
 """Optimizers: AdamW, or Muon for the transformer blocks' matrices with AdamW for everything else.
 
 Muon (Keller Jordan, 2024) keeps a momentum of the gradient and replaces it by the nearest
-semi-orthogonal matrix (a few Newton-Schulz iterations, in bf16 where the device has fast bf16) before the step, so every direction of
-a weight matrix moves at the same rate. On our small causal LMs it reaches a given loss in about a
-quarter fewer steps than AdamW, which more than pays for its orthogonalisation. Embeddings, output
-heads, norms and biases are not matrices it suits; AdamW keeps them.
+semi-orthogonal matrix (a few Newton-Schulz iterations, in bf16 where the device has fast bf16) before
+the step, so every direction of a weight matrix moves at the same rate. On our small causal LMs it
+reaches a given loss in about a quarter fewer steps than AdamW, which more than pays for its
+orthogonalisation. Embeddings, output heads, norms and biases are not matrices it suits; AdamW keeps
+them.
 
 Our Muon is torch's `torch.optim.Muon` (torch >= 2.9) step for step, with the update scaled to AdamW's
 RMS (Moonshot's `match_rms_adamw`: lr x 0.2 x sqrt(max(rows, cols))), but it orthogonalises all
@@ -44,7 +45,7 @@ def orthogonalise(g: torch.Tensor, steps: int = NS_STEPS, eps: float = 1e-7,
     return x.mT if wide else x
 
 
-def ns_dtype(device: torch.device) -> torch.dtype:
+def ns_dtype_for(device: torch.device) -> torch.dtype:
     """bf16 (torch's and Keller's choice) where the device multiplies it fast, else fp32: on a CPU without
     AVX-512 bf16 the demo's orthogonalisation took 0.85 s a step in bf16 and 26 ms in fp32."""
     return torch.bfloat16 if fast_bf16(device) else torch.float32
@@ -52,7 +53,7 @@ def ns_dtype(device: torch.device) -> torch.dtype:
 
 class Muon(torch.optim.Optimizer):
     """SGD-momentum (Nesterov) whose update is orthogonalised; decoupled weight decay; 2-D parameters only.
-    `ns_dtype` is the orthogonalisation's precision; None picks it for the parameters' device (`ns_dtype`)."""
+    `ns_dtype` is the orthogonalisation's precision; None picks it for the parameters' device (`ns_dtype_for`)."""
 
     def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
                  nesterov: bool = True, ns_steps: int = NS_STEPS, ns_dtype: Optional[torch.dtype] = None):
@@ -87,7 +88,7 @@ class Muon(torch.optim.Optimizer):
                 grads = [p.grad for p in params]
                 torch._foreach_lerp_(bufs, grads, 1 - mu)
                 updates = torch._foreach_lerp(grads, bufs, mu) if group["nesterov"] else bufs
-                dtype = self.ns_dtype or ns_dtype(params[0].device)
+                dtype = self.ns_dtype or ns_dtype_for(params[0].device)
                 ortho = orthogonalise(torch.stack(updates), group["ns_steps"], dtype=dtype).to(params[0].dtype)
                 scaled_lr = lr * 0.2 * math.sqrt(max(shape))  # the update's RMS matches AdamW's
                 torch._foreach_mul_(params, 1 - lr * wd)
