@@ -25,10 +25,10 @@ SHAPES = {  # name: overrides
 CHILD = r"""
 import json, resource, sys, time, tempfile, torch
 from pathlib import Path
-from trainlab.config import resolve
+from trainlab.presets import resolve
 from trainlab.data.prepare import prepare
 from trainlab.experiment.estimate import estimate
-from trainlab.train import hardware
+from trainlab import hardware
 from trainlab.train.trainer import Trainer
 
 def rss_now():
@@ -44,9 +44,9 @@ precision = hardware.resolve_precision(cfg.train.precision, device)
 # by 20-30% between hours, and a probe cached at another time would measure that drift, not the model
 import functools
 import trainlab.experiment.estimate as E
-E.peak_flops = functools.partial(E.peak_flops, cache_dir=Path(tempfile.mkdtemp()))
-est = E.estimate(cfg, precision, device, len(data.train))
+E.hardware.peak_flops = functools.partial(E.hardware.peak_flops, cache_dir=Path(tempfile.mkdtemp()))
 trainer = Trainer(cfg, data, Path(tempfile.mkdtemp()), log=lambda s: None)
+est = E.estimate(cfg, precision, device, trainer.task)
 import gc; gc.collect()
 before = rss_now()
 peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -60,7 +60,7 @@ m = est["memory_bytes"]
 print(json.dumps({"precision": precision, "params": est["params"]["total"],
                   "est_rise": m["gradients"] + m["optimizer"] + m["activations"],
                   "measured_rise": max(peak, peak_before) - before,
-                  "est_step_s": cfg.tokens_per_step / est["tokens_per_s"], "measured_step_s": times[len(times) // 2]}))
+                  "est_step_s": est["tokens_per_step"] / est["tokens_per_s"], "measured_step_s": times[len(times) // 2]}))
 """
 
 

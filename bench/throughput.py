@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainlab.config import build_config
+from trainlab.presets import build_config
 from trainlab.data.prepare import prepare
 from trainlab.presets import shakespeare_char
-from trainlab.train import hardware
+from trainlab import hardware
 from trainlab.train.trainer import Trainer
 
 SHAPES = {  # name: (n_layer, n_head, d_model, seq_len, batch)

@@ -35,3 +35,23 @@ def cli(*args: str, check: bool = True, timeout: float = 600, env: dict | None =
 
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def snapshot(trainer) -> dict:
+    """Every weight and every tensor of the optimizer's state, copied (to compare a step's effect bitwise)."""
+    import torch
+
+    out = {f"w:{n}": p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+    def walk(prefix, obj):
+        if isinstance(obj, torch.Tensor):
+            out[prefix] = obj.detach().clone()
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{prefix}/{k}", v)
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(f"{prefix}/{i}", v)
+
+    walk("opt", trainer.optimizer.state_dict())
+    return out

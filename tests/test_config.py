@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainlab.config import RunConfig, build_config, closest_key, known_keys, resolve
+from trainlab.presets import build_config, config_class, resolve
 from trainlab.errors import ConfigError
 from trainlab.presets import PRESETS, get_preset
 
@@ -80,7 +80,7 @@ def test_broken_yaml_is_one_line(tmp_path, text, message):
 
 
 def test_known_keys_cover_the_contract():
-    keys = set(known_keys())
+    keys = set(config_class().keys())
     for key in ["task", "init_from", "model.n_layer", "model.vocab_size", "model.tie_embeddings", "data.source",
                 "data.tokenizer", "data.val_fraction", "data.strict", "data.cache_dir", "optim.lr", "optim.betas",
                 "optim.grad_clip", "schedule.name", "schedule.pct_start", "schedule.final_div_factor",
@@ -89,10 +89,14 @@ def test_known_keys_cover_the_contract():
                 "train.unfreeze", "early_stopping.patience", "early_stopping.min_delta", "checkpoint.interval",
                 "checkpoint.keep_last", "checkpoint.save_top_k"]:
         assert key in keys, key
-    assert closest_key("checkpoint.keep") == "checkpoint.keep_last"
+    assert config_class().closest_key("checkpoint.keep") == "checkpoint.keep_last"
 
 
-def test_tokens_per_step_is_the_effective_batch():
+def test_tokens_per_step_count_every_process_and_only_loss_tokens_carry_loss():
+    from trainlab.experiment.estimate import step_size
+
     cfg = resolve("tiny", overrides=["train.batch_size=8", "train.grad_accum=4", "model.seq_len=16"])
-    assert cfg.tokens_per_step == 8 * 4 * 16
-    assert isinstance(RunConfig().to_yaml(), str)
+    assert step_size(cfg).tokens == 8 * 4 * 16 and step_size(cfg, world=2).tokens == 2 * 8 * 4 * 16
+    mlm = resolve("micro-bert", overrides=["train.batch_size=8", "model.seq_len=20", "mlm.mask_prob=0.15"])
+    assert step_size(mlm).tokens == 8 * 20 and step_size(mlm).loss_tokens == 8 * 3  # 15% of 20 positions
+    assert isinstance(config_class()().to_yaml(), str)

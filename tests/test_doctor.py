@@ -52,9 +52,9 @@ def test_golden_top_finding(case, tmp_path):
         assert diag.verdict == "failing"
     for f in diag.findings:  # evidence carries numbers from the run; overrides are real config keys
         assert any(ch.isdigit() for ch in f.evidence)
-        from trainlab.config import known_keys
+        from trainlab.presets import config_class
 
-        assert set(f.suggested_overrides) <= set(known_keys()), f.suggested_overrides
+        assert set(f.suggested_overrides) <= set(config_class().keys()), f.suggested_overrides
 
 
 def test_overfitting_names_the_early_stopping_step():

@@ -15,7 +15,7 @@ from conftest import cli
 def test_exported_causal_lm_matches_in_transformers(tmp_path, qk_norm, model_type):
     import transformers
 
-    from trainlab.generate import generate
+    from trainlab.models.generate import generate
     from trainlab.inference import load_run
 
     run, out = tmp_path / "run", tmp_path / "hf"
@@ -46,7 +46,7 @@ def test_export_refuses_a_non_empty_directory(tmp_path):
 @pytest.mark.parametrize("qk_norm", [False, True])
 def test_init_from_an_exported_transformers_directory(tmp_path, qk_norm):
     """The other way: a new run starts from a Llama (or Qwen3) directory's weights (here one trainlab exported)."""
-    from trainlab.export import load_transformers_dir
+    from trainlab.models.hf import load_transformers_dir
     from trainlab.inference import load_run
 
     run, out, new = tmp_path / "run", tmp_path / "hf", tmp_path / "new"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainlab.config import ModelConfig
-from trainlab.generate import apply_repetition_penalty, apply_top_k, apply_top_p, generate
+from trainlab.models.generate import apply_repetition_penalty, apply_top_k, apply_top_p, generate
 from trainlab.models.gpt import GPT
 
 transformers = pytest.importorskip("transformers")

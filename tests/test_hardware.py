@@ -11,9 +11,9 @@ import pytest
 # three warm-up steps, with glibc's defaults ("default") or with what the trainer sets ("keep").
 STEP_FAULTS = """
 import resource, sys
-from trainlab.config import resolve
+from trainlab.presets import resolve
 from trainlab.tasks import prepared
-from trainlab.train import hardware
+from trainlab import hardware
 from trainlab.train.trainer import Trainer
 
 if sys.argv[1] == "default":
@@ -34,7 +34,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 def test_training_steps_reuse_freed_memory_instead_of_faulting_it_in_again(tmp_path):
     """With glibc's defaults each step's activations land on fresh pages the kernel faults in and zeroes
     (8-20k faults a step at this shape, measured); the trainer has glibc keep freed memory for reuse."""
-    from trainlab.train.hardware import keep_freed_memory
+    from trainlab.hardware import keep_freed_memory
 
     faults = {}
     for mode in ("default", "keep"):

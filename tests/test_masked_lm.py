@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import cli, read_rows
-from trainlab.config import resolve
+from trainlab.presets import resolve
 from trainlab.tasks.base import IGNORE
 
 # micro-bert shrunk to seconds: its BPE vocabulary (so the cached shards are shared), a narrow model
@@ -173,7 +173,7 @@ def test_exported_bert_matches_in_transformers(run, tmp_path):
 
 
 def test_init_from_an_exported_bert_directory(run, tmp_path):
-    from trainlab.export import load_transformers_dir
+    from trainlab.models.hf import load_transformers_dir
     from trainlab.inference import load_run
 
     out, new = tmp_path / "hf", tmp_path / "new"
@@ -195,7 +195,7 @@ def test_init_from_an_exported_bert_directory(run, tmp_path):
 
 def test_export_of_a_model_without_output_bias_loads_back(tmp_path):
     """BERT always has an output bias: a run without one exports zeros, and loads back without it."""
-    from trainlab.export import load_transformers_dir
+    from trainlab.models.hf import load_transformers_dir
     from trainlab.inference import load_run
 
     run, out = tmp_path / "run", tmp_path / "hf"

@@ -45,7 +45,13 @@ def test_kv_cache_prefill_and_decode_equal_full_recomputation(qk_norm):
 def test_tied_embeddings_share_one_tensor():
     model = tiny_model(tie_embeddings=True)
     assert model.lm_head.weight is model.embed.weight
-    assert model.num_params() == sum(p.numel() for p in model.parameters())
+    # from the layer shapes (d 32, SwiGLU hidden 96, vocabulary 50): the shared table counts once
+    d, h, V = 32, 96, 50
+    per_block = 2 * d + 3 * d * d + d * d + 2 * d * h + h * d
+    assert model.num_params() == V * d + 2 * per_block + d
+    assert model.num_params(exclude_embedding=True) == 2 * per_block + d
+    untied = tiny_model(tie_embeddings=False)
+    assert untied.num_params() == 2 * V * d + 2 * per_block + d
 
 
 def test_flops_estimate_counts_the_real_parameters():
@@ -74,7 +80,7 @@ def test_logits_match_transformers_llama_on_the_same_weights(qk_norm):
         hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**common)).eval()
     else:
         hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, mlp_bias=False)).eval()
-    from trainlab.export import to_llama
+    from trainlab.models.hf import to_llama
 
     mapped = to_llama(model.state_dict(), cfg)  # the exporter's mapping: q/k/v and gate/up split one-to-one
     assert sum(".q_norm." in k for k in mapped) == (cfg.n_layer if qk_norm else 0)
@@ -142,7 +148,7 @@ def test_attention_operator_equals_sdpa_and_passes_opcheck(causal, T):
 
 
 def test_attention_kernel_choice():
-    from trainlab.train.hardware import attention_kernel
+    from trainlab.hardware import attention_kernel
 
     cpu = torch.device("cpu")
     assert attention_kernel("auto", cpu, "bf16", 256) == "math"

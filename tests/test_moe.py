@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from trainlab.config import ModelConfig, resolve
+from trainlab.config import ModelConfig
+from trainlab.presets import resolve
 from trainlab.experiment.estimate import estimate
 from trainlab.models.gpt import GPT, MoE, KVCache
 

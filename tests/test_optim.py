@@ -86,14 +86,43 @@ def test_cosine_restarts_wsd_and_constant():
     assert [lr_multiplier(const, s, 10) for s in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
 
 
-def test_adamw_step_matches_a_hand_computed_decoupled_update():
-    # decoupled decay: p <- p - lr*wd*p - lr*adam_update, not an L2 term in the gradient
-    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
-    opt = torch.optim.AdamW([{"params": [p], "weight_decay": 0.5}], lr=0.1, betas=(0.9, 0.95), eps=0.0)
-    p.grad = torch.tensor([0.3, -0.4])
-    opt.step()
-    expected = torch.tensor([1.0, -2.0]) * (1 - 0.1 * 0.5) - 0.1 * torch.sign(torch.tensor([0.3, -0.4]))
-    torch.testing.assert_close(p.detach(), expected)
+@pytest.mark.parametrize("tied,decay_embeddings", [(False, False), (True, False), (False, True)])
+def test_adamw_step_matches_a_hand_computed_decoupled_update(tied, decay_embeddings):
+    """Two steps of `build_optimizer`'s AdamW against Adam written out: decoupled decay (p <- p - lr*wd*p, not
+    an L2 term in the gradient), bias-corrected moments, and decay on matrices only: not on norms, the output
+    bias or (unless optim.decay_embeddings) the embedding."""
+    from trainlab.config import OptimConfig
+    from trainlab.train.optimizers import build_optimizer
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, d_model=16, seq_len=8, vocab_size=30, tie_embeddings=tied,
+                            output_bias=True))
+    lr, wd, (b1, b2), eps = 0.05, 0.5, (0.8, 0.9), 1e-8
+    opt = build_optimizer(model, OptimConfig(name="adamw", lr=lr, weight_decay=wd, betas=(b1, b2), eps=eps,
+                                             decay_embeddings=decay_embeddings))
+    params = dict(model.named_parameters())  # a tied output head is the embedding, listed once
+    decayed = {"blocks.0.attn.qkv_proj.weight", "blocks.0.attn.o_proj.weight", "blocks.0.mlp.gate_up_proj.weight",
+               "blocks.0.mlp.down_proj.weight"}
+    decayed |= set() if tied else {"lm_head.weight"}
+    decayed |= {"embed.weight"} if decay_embeddings else set()
+    assert set(params) == decayed | {"embed.weight", "lm_head.bias", "blocks.0.attn_norm.weight",
+                                     "blocks.0.mlp_norm.weight", "norm.weight"}
+    expected = {n: p.detach().double().clone() for n, p in params.items()}
+    m = {n: torch.zeros_like(p) for n, p in expected.items()}
+    v = {n: torch.zeros_like(p) for n, p in expected.items()}
+    for t in (1, 2):
+        grads = {n: torch.randn_like(p) * (0.1 if t == 1 else 3.0) for n, p in params.items()}
+        for n, p in params.items():
+            p.grad = grads[n].clone()
+        opt.step()
+        for n, g in grads.items():
+            g = g.double()
+            m[n] = b1 * m[n] + (1 - b1) * g
+            v[n] = b2 * v[n] + (1 - b2) * g * g
+            update = (m[n] / (1 - b1 ** t)) / ((v[n] / (1 - b2 ** t)).sqrt() + eps)
+            expected[n] = expected[n] * (1 - lr * (wd if n in decayed else 0.0)) - lr * update
+    for n, p in params.items():
+        torch.testing.assert_close(p.detach().double(), expected[n], rtol=1e-5, atol=1e-6, msg=n)
 
 
 def test_muon_equals_torch_muon_bitwise():
@@ -118,7 +147,7 @@ def test_muon_equals_torch_muon_bitwise():
 
 def test_muon_orthogonalises_in_bf16_only_where_bf16_is_fast(monkeypatch):
     # on a CPU without AVX-512 bf16 a bf16 matmul runs ~100x slower than fp32, so Muon works in fp32 there
-    from trainlab.train import hardware
+    from trainlab import hardware
     from trainlab.train.optimizers import Muon
 
     def steps(fast: bool, pinned=None) -> torch.Tensor:

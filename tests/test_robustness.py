@@ -17,7 +17,7 @@ import pytest
 
 from conftest import cli, read_rows
 from test_resume import ARGS, comparable, last_weights
-from trainlab.config import resolve
+from trainlab.presets import resolve
 from trainlab.errors import CheckpointError
 from trainlab.train import run as run_mod
 from trainlab.train.checkpoint import CheckpointManager

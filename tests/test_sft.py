@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import cli, read_rows
-from trainlab.config import SFTConfig, build_config
+from trainlab.presets import build_config
+from trainlab.tasks.sft import SFTConfig, chat_template
 from trainlab.data.sft import Template, is_val, parse_conversation, prepare_sft
 from trainlab.data.tokenizers import ByteTokenizer, HFTokenizer
 from trainlab.presets import tiny
@@ -181,7 +182,7 @@ def test_shakespeare_qa_answers_come_from_the_corpus():
 
 def test_generation_stops_at_a_multi_token_end_marker():
     from trainlab.config import ModelConfig
-    from trainlab.generate import generate
+    from trainlab.models.generate import generate
     from trainlab.models.gpt import GPT
 
     torch.manual_seed(0)
@@ -208,7 +209,9 @@ def test_pretrain_then_sft_through_the_cli(tmp_path):
     samples = read_rows(sft / "samples.jsonl")
     assert samples[0]["prompt"].startswith("<|user|>\n") and samples[0]["prompt"].endswith("<|assistant|>\n")
     # the step-0 loss is the pretrained model's: evaluate the same weights by hand
-    from trainlab.inference import load_run, sft_reply
+    from trainlab.inference import load_run
+    from trainlab.tasks.base import GenerationRequest
+    from trainlab.tasks.sft import SFT
     from trainlab.tasks.base import TokenMetrics
     from trainlab.tasks.sft import collate
 
@@ -227,8 +230,8 @@ def test_pretrain_then_sft_through_the_cli(tmp_path):
     # generate wraps the prompt in the template and stops at the end marker
     prompt = 'Who speaks the line "Now, fair Hippolyta, our nuptial hour"?'
     out = cli("generate", str(sft), "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "24").stdout
-    answer = sft_reply(run, prompt, 24, 0.0, 0, 1.0, 1.0, None)
-    assert out == prompt + "\n" + answer + "\n" and "<|end|>" not in answer
+    text = SFT.generate(run, GenerationRequest(prompt, 24, 0.0, 0, 1.0, 1.0, None))
+    assert out == text + "\n" and text.startswith(prompt + "\n") and "<|end|>" not in text
 
 
 @pytest.mark.parametrize("case", ["no_assistant", "tokenizer_differs", "vocab_differs"])
@@ -284,14 +287,15 @@ def test_export_writes_the_chat_template_trainlab_trains_with(tmp_path, bpe):
     from transformers import AutoTokenizer, GenerationConfig
 
     from trainlab.config import ModelConfig
-    from trainlab.export import write_llama_files
+    from trainlab.models.hf import write_llama_files
 
     sft = SFTConfig()
     template = Template(sft, bpe)
     bpe.save(tmp_path / "tokenizer.json")
     out = tmp_path / "hf"
     out.mkdir()
-    write_llama_files(out, ModelConfig(vocab_size=bpe.vocab_size), bpe, tmp_path / "tokenizer.json", sft)
+    write_llama_files(out, ModelConfig(vocab_size=bpe.vocab_size), bpe, tmp_path / "tokenizer.json", chat_template(sft),
+                      [sft.end])
     hf = AutoTokenizer.from_pretrained(out)
     messages = FORMATS["messages"]["messages"]
     pieces = template.pieces(messages)

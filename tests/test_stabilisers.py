@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import read_rows
-from trainlab.config import resolve
+from trainlab.presets import resolve
 from trainlab.data.prepare import prepare
 from trainlab.train.trainer import Trainer
 
@@ -54,12 +55,49 @@ def test_label_smoothing_is_torch_cross_entropy_with_smoothing(tmp_path):
     assert math.isclose(val["bits_per_token"], val["loss"] / math.log(2))
 
 
-def test_clipping_caps_the_update_norm_and_reports_the_raw_norm(tmp_path):
-    t = make_trainer(tmp_path, "optim.grad_clip=0.01")
-    out = t.train_step()
-    assert out["grad_norm"] > 0.01 and out["clipped"] is True
-    t2 = make_trainer(tmp_path / "b", "optim.grad_clip=0")
-    assert t2.train_step()["clipped"] is False
+def first_step_gradients(t) -> dict[str, torch.Tensor]:
+    """The gradients of the trainer's first step, computed apart from it: its first batch, plain cross
+    entropy, on a copy of the model."""
+    import copy
+
+    import numpy as np
+
+    model = copy.deepcopy(t.model)
+    batch = t.task.batch(np.arange(0, t.cfg.train.batch_size))
+    logits = model(batch["input"])
+    F.cross_entropy(logits.flatten(0, 1), batch["target"].flatten()).backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def gradients_the_optimizer_sees(t, monkeypatch) -> dict[str, torch.Tensor]:
+    seen: dict[str, torch.Tensor] = {}
+    step = t.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.update({n: p.grad.detach().clone() for n, p in t.model.named_parameters() if p.grad is not None})
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(t.optimizer, "step", recording_step)
+    return seen
+
+
+def test_clipping_caps_the_update_norm_and_reports_the_raw_norm(tmp_path, monkeypatch):
+    # the global norm by hand: the square root of the sum of every gradient's squares
+    for clip, where in ((0.01, "small"), (1e6, "large"), (0, "off")):
+        t = make_trainer(tmp_path / where, f"optim.grad_clip={clip}")
+        raw = first_step_gradients(t)
+        norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in raw.values()))
+        assert 0.01 < norm < 1e6, norm
+        seen = gradients_the_optimizer_sees(t, monkeypatch)
+        out = t.train_step()
+        assert out["grad_norm"] == pytest.approx(norm, rel=1e-4)  # reported: the norm before clipping
+        assert out["clipped"] is (where == "small")
+        factor = clip / norm if where == "small" else 1.0
+        assert set(seen) == set(raw)
+        for n, g in raw.items():
+            torch.testing.assert_close(seen[n], g * factor, rtol=1e-4, atol=1e-9, msg=n)
+        stepped = math.sqrt(sum(float(g.double().pow(2).sum()) for g in seen.values()))
+        assert stepped == pytest.approx(clip if where == "small" else norm, rel=1e-4)
 
 
 def test_grad_accumulation_equals_one_big_batch(tmp_path):

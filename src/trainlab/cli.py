@@ -27,22 +27,27 @@ def train(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set_:
           resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its last checkpoint."),
           fresh: bool = typer.Option(False, "--fresh", help="Discard the run in --run-dir and start over.")) -> None:
     """Train a model."""
-    from trainlab.config import build_config, resolve
+    from trainlab.presets import resolve
     from trainlab.train import run as run_mod
 
     if resume and fresh:
         raise TrainlabError("--resume and --fresh exclude each other; pick one")
+    if resume and run_dir is None:
+        raise TrainlabError("--resume needs --run-dir")
     if resume:
-        if run_dir is None:
-            raise TrainlabError("--resume needs --run-dir")
         run_mod.prepare_run_dir(run_dir, resume=True, fresh=False)
-        from trainlab.config import apply_overrides, load_yaml, merge
+    if resume and (run_dir / "config.yaml").exists():  # continue the run as it was configured
+        from trainlab.config import load_yaml, merge
+        from trainlab.presets import apply_overrides, build_config
+        from trainlab.rundir import saved_tree
 
-        tree = run_mod.saved_config(run_dir)
+        tree = saved_tree(run_dir)
         if config:
             tree = merge(tree, load_yaml(config))
         cfg = build_config(apply_overrides(tree, list(set_ or [])))
     else:
+        if resume:
+            print(f"--resume: '{run_dir}' holds no run yet; starting it", file=sys.stderr)
         if not preset and not config:
             preset = "shakespeare-char"
         cfg = resolve(preset, config, list(set_ or []))
@@ -77,23 +82,26 @@ def train(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set_:
 @app.command()
 def estimate(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set_: Optional[List[str]] = SET,
              measure: bool = typer.Option(False, "--measure", help="Time a few real training steps."),
+             processes: int = typer.Option(1, "--processes", min=1, help="Processes the run will use (torchrun "
+                                                                            "--nproc-per-node): tokens per step count all of them."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON (the contract in DESIGN.md).")) -> None:
     """Parameters, memory, FLOPs, tokens and time of a run, before running it."""
     import json
 
-    from trainlab.config import resolve
+    import torch
+
+    from trainlab import hardware
     from trainlab.experiment.estimate import estimate as run_estimate
     from trainlab.experiment.estimate import format_table
-    from trainlab.train import hardware
+    from trainlab.presets import resolve
 
     cfg = resolve(preset or (None if config else "shakespeare-char"), config, list(set_ or []))
-    train_tokens, data = None, None
-    if cfg.model.vocab_size is None or cfg.train.epochs or measure:
-        from trainlab.tasks import prepared
+    data, task = None, None
+    if cfg.model.vocab_size is None or cfg.train.epochs or measure:  # the data decides sizes and lengths
+        from trainlab.tasks import prepared, task_class
 
         cfg, data = prepared(cfg, log=lambda s: None)
-        train_tokens = len(data.train) if hasattr(data, "train") else None
-    import torch
+        task = task_class(cfg.task)(cfg, data, torch.device("cpu"))
 
     here = hardware.resolve_device("auto")
     # a device this machine lacks (a T4 from a laptop) is estimated without timing it here
@@ -105,7 +113,7 @@ def estimate(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, se
     # an explicit precision is taken as given, so a T4's fp16 run can be estimated from a laptop
     precision = cfg.train.precision if cfg.train.precision != "auto" else hardware.resolve_precision("auto", device)
     tokens_per_s = measure_throughput(cfg, data) if measure else None
-    result = run_estimate(cfg, precision, device, train_tokens, tokens_per_s)
+    result = run_estimate(cfg, precision, device, task, tokens_per_s, world=processes)
     print(json.dumps(result, indent=1) if as_json else format_table(result))
 
 
@@ -115,13 +123,14 @@ def measure_throughput(cfg, data, steps: int = 5) -> float:
 
     from trainlab.train.trainer import Trainer
 
-    trainer = Trainer(cfg, data, Path(tempfile.mkdtemp(prefix="trainlab-measure-")), log=lambda s: None)
-    for _ in range(3 if cfg.train.compile else 1):  # warm-up (and compilation)
-        trainer.train_step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step()
-    return steps * trainer.tokens_per_step / (time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory(prefix="trainlab-measure-") as where:
+        trainer = Trainer(cfg, data, Path(where), log=lambda s: None)
+        for _ in range(3 if cfg.train.compile else 1):  # warm-up (and compilation)
+            trainer.train_step()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        return steps * trainer.tokens_per_step / (time.perf_counter() - t0)
 
 
 @app.command("lr-find")
@@ -133,7 +142,7 @@ def lr_find(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set
     import shlex
     import time
 
-    from trainlab.config import resolve
+    from trainlab.presets import resolve
     from trainlab.experiment.lr_find import lr_range_test
     from trainlab.tasks import prepared
 
@@ -173,17 +182,10 @@ def generate(run: Path = typer.Argument(..., help="A run directory."),
              seed: Optional[int] = typer.Option(None, "--seed")) -> None:
     """Sample text from a run's best checkpoint (a series run: reconstruct a validation window, --seed picks it)."""
     from trainlab.inference import generate_text
-    from trainlab.train.run import saved_config
+    from trainlab.tasks.base import GenerationRequest
 
-    if run.is_dir() and (run / "config.yaml").exists() and saved_config(run).get("task") == "series_tokenizer":
-        from trainlab.tasks.series_tokenizer import reconstruct
-
-        r = reconstruct(run, index=seed or 0)
-        print(f"validation window from {r['window_start']}: reconstruction mse {r['mse']:.4f} (normalised units), "
-              f"uniform scalar quantisation at the same bits {r['mse_uniform']:.4f}\nplot: {r['plot']}")
-        return
-    text = generate_text(run, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-    print(prompt + text)
+    print(generate_text(run, GenerationRequest(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                                               seed)))
 
 
 @app.command()
@@ -262,6 +264,33 @@ def export(run: Path = typer.Argument(..., help="A run directory."),
     if format_ != "hf":
         raise TrainlabError(f"--format {format_!r}: only 'hf' is supported")
     print(export_hf(run, out))
+
+
+@app.command("config")
+def config_(section: Optional[str] = typer.Argument(None, help="Only this section (optim, train, sft, ...) or key."),
+            preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set_: Optional[List[str]] = SET,
+            as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {key, type, value, doc}.")) -> None:
+    """Every config key of every task, one a line: the key --set takes, its type, its value and what it does."""
+    import json
+
+    from trainlab.config import describe_keys
+    from trainlab.presets import config_class, resolve
+
+    cfg = resolve(preset, config, list(set_ or [])) if (preset or config or set_) else config_class()()
+    rows = describe_keys(cfg)
+    if section:
+        rows = [r for r in rows if r["key"] == section or r["key"].startswith(section.rstrip(".") + ".")]
+        if not rows:
+            sections = sorted({r["key"].split(".")[0] for r in describe_keys(cfg) if "." in r["key"]})
+            raise TrainlabError(f"no config section or key '{section}'; sections: {', '.join(sections)}")
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    values = [json.dumps(r["value"]) if not isinstance(r["value"], str) else repr(r["value"]) for r in rows]
+    key_w, type_w = max(len(r["key"]) for r in rows), min(max(len(r["type"]) for r in rows), 28)
+    value_w = min(max(len(v) for v in values), 16)
+    for r, value in zip(rows, values):
+        print(f"{r['key']:<{key_w}}  {r['type']:<{type_w}}  {value:<{value_w}}  {r['doc']}")
 
 
 @data_app.command("list")

@@ -17,11 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from trainlab.errors import ConfigError
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class Section(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated, and each field's docstring
+    is its documentation (`trainlab config` prints it)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
-class MoEConfig(_Section):
+class MoEConfig(Section):
     experts: int = Field(0, ge=0)
     """Routed experts per feed-forward layer; 0 keeps the dense SwiGLU (seed 001's use_moe=False)."""
     top_k: int = Field(2, ge=1)
@@ -45,7 +48,7 @@ class MoEConfig(_Section):
         return self
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     n_layer: int = Field(4, ge=1)
     """Number of transformer blocks."""
     n_head: int = Field(4, ge=1)
@@ -99,7 +102,7 @@ class ModelConfig(_Section):
         return ((8 * self.d_model // 3) + 31) // 32 * 32
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     source: str = "shakespeare"
     """A bundled corpus name (`trainlab data list`), a .txt file or folder, or a .jsonl file."""
     tokenizer: str = "char"
@@ -116,7 +119,7 @@ class DataConfig(_Section):
     """Where corpora and token shards are cached; default $TRAINLAB_CACHE or ~/.cache/trainlab."""
 
 
-class OptimConfig(_Section):
+class OptimConfig(Section):
     name: Literal["adamw", "muon"] = "adamw"
     """adamw, or muon: Muon for the matrices inside the transformer blocks (momentum orthogonalised by
     Newton-Schulz), AdamW with the settings below for embeddings, heads, norms and biases."""
@@ -149,7 +152,7 @@ class OptimConfig(_Section):
 ScheduleName = Literal["constant", "cosine", "onecycle", "cosine_restarts", "wsd"]
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(Section):
     name: ScheduleName = "cosine"
     """Learning-rate schedule."""
     warmup_steps: int = Field(0, ge=0)
@@ -168,7 +171,7 @@ class ScheduleConfig(_Section):
     """wsd: fraction of the run spent decaying at the end."""
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     batch_size: int = Field(32, ge=1)
     """Sequences per micro-batch (per process)."""
     grad_accum: int = Field(1, ge=1)
@@ -209,14 +212,14 @@ class TrainConfig(_Section):
     """The device's matmul peak for MFU; default: measured once at the run's precision and cached."""
 
 
-class EarlyStoppingConfig(_Section):
+class EarlyStoppingConfig(Section):
     patience: int = Field(0, ge=0)
     """Evaluations without improvement before stopping; 0 turns it off."""
     min_delta: float = Field(0.0, ge=0.0)
     """Smallest drop in validation loss that counts as improvement."""
 
 
-class CheckpointConfig(_Section):
+class CheckpointConfig(Section):
     interval: int = Field(500, ge=1)
     """Write a checkpoint every N steps (and at the end, and on SIGINT/SIGTERM)."""
     keep_last: int = Field(2, ge=1)
@@ -225,7 +228,7 @@ class CheckpointConfig(_Section):
     """Best checkpoints kept by validation loss."""
 
 
-class GuardConfig(_Section):
+class GuardConfig(Section):
     skip_nonfinite: bool = True
     """Skip an optimizer step whose loss or gradient is not finite."""
     max_nonfinite: int = Field(3, ge=1)
@@ -243,107 +246,46 @@ class GuardConfig(_Section):
     """Give up (exit 1, checkpoints intact) after this many rollbacks."""
 
 
-class SFTConfig(_Section):
-    system: str = "<|system|>\n"
-    """Chat template: text before a system message."""
-    user: str = "<|user|>\n"
-    """Chat template: text before a user message."""
-    assistant: str = "<|assistant|>\n"
-    """Chat template: text before an assistant message (the prompt of a generation ends with it)."""
-    turn_end: str = "\n"
-    """Chat template: text after a system or user message."""
-    end: str = Field("<|end|>", min_length=1)
-    """Chat template: the end marker after each assistant message; trained on, and generation stops there."""
-    eval_at_start: bool = True
-    """Evaluate once at step 0, before any update, so the run records the loss it started from."""
+class RunConfig(Section):
+    """The sections every task shares. The full config adds each registered task's own section (`sft`,
+    `mlm`, `series`, ...); `trainlab.presets.config_class()` assembles it, and `build`, called on that
+    class, validates a tree of keys into it."""
 
-
-class SeriesConfig(_Section):
-    lookback: int = Field(90, ge=2)
-    """Time steps of context in a window; they alone set the window's normalisation."""
-    pred_len: int = Field(10, ge=0)
-    """Time steps after the lookback in a window (normalised with the lookback's statistics)."""
-    features: list[str] = Field(default_factory=lambda: ["open", "high", "low", "close", "volume", "amount"])
-    """CSV columns the tokenizer encodes (amount is left out when a CSV has none)."""
-    clip: float = Field(5.0, gt=0)
-    """Normalised values are clipped to +-clip."""
-    stride: int = Field(1, ge=1)
-    """Steps between the starts of consecutive windows."""
-    s1_bits: int = Field(10, ge=1, le=30)
-    """Coarse bits per time step (binary spherical quantisation, first level)."""
-    s2_bits: int = Field(10, ge=0, le=30)
-    """Fine bits per time step (second level)."""
-    commit_weight: float = Field(0.05, ge=0)
-    """Weight of the commitment term (distance between encoding and its code)."""
-    entropy_weight: float = Field(0.05, ge=0)
-    """Weight of the entropy terms: per-sample entropy minus diversity_gamma x codebook entropy. The
-    codebook term is subtracted, so the quantiser loss (and the total) can go negative."""
-    diversity_gamma: float = Field(1.0, ge=0)
-    """How strongly codebook usage is rewarded against per-sample confidence."""
-    group_bits: int = Field(4, ge=1, le=8)
-    """Bits per group in the factorised soft entropy (2^group_bits codes per group)."""
-    noise_std: float = Field(0.0, ge=0)
-    """Augmentation: Gaussian noise (normalised units) on training inputs."""
-    feature_dropout: float = Field(0.0, ge=0, lt=1)
-    """Augmentation: probability of zeroing a feature's column in a training input."""
-    time_shift: int = Field(0, ge=0)
-    """Augmentation: training windows start up to this many steps earlier or later."""
-
-    @property
-    def window(self) -> int:
-        return self.lookback + self.pred_len
-
-
-class MLMConfig(_Section):
-    mask_prob: float = Field(0.15, gt=0.0, lt=1.0)
-    """Share of each sequence's positions the masked LM predicts (BERT's 15%), rounded, at least one."""
-    mask_fraction: float = Field(0.8, ge=0.0, le=1.0)
-    """Of the predicted positions, the share whose input becomes [MASK]."""
-    random_fraction: float = Field(0.1, ge=0.0, le=1.0)
-    """Of the predicted positions, the share whose input becomes a random token; the rest stay unchanged."""
-
-    @model_validator(mode="after")
-    def _fractions_fit(self) -> "MLMConfig":
-        if self.mask_fraction + self.random_fraction > 1.0 + 1e-9:
-            raise ValueError(f"mlm.mask_fraction ({self.mask_fraction}) + mlm.random_fraction "
-                             f"({self.random_fraction}) cannot exceed 1")
-        return self
-
-
-class RunConfig(_Section):
-    task: Literal["causal_lm", "sft", "masked_lm", "series_tokenizer"] = "causal_lm"
-    """What to train."""
+    task: str
+    """What to train: one of the registered tasks (`trainlab config` lists them)."""
     preset: Optional[str] = None
     """The preset this config started from (informational)."""
     init_from: Optional[str] = None
-    """A run directory whose best weights initialise the model."""
+    """A run directory, or a local transformers directory, whose weights initialise the model."""
     model: ModelConfig = Field(default_factory=ModelConfig)
+    """The network's shape and its parts."""
     data: DataConfig = Field(default_factory=DataConfig)
+    """What it reads, and how it is tokenized and split."""
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    """The optimizer."""
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    """The learning-rate schedule."""
     train: TrainConfig = Field(default_factory=TrainConfig)
+    """The loop: batches, budgets, device, precision, logging."""
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    """Stop when validation stops improving."""
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    """How often checkpoints are written and how many are kept."""
     guard: GuardConfig = Field(default_factory=GuardConfig)
-    series: SeriesConfig = Field(default_factory=SeriesConfig)
-    """Candle windows and the quantiser of the series tokenizer (task series_tokenizer)."""
-    sft: SFTConfig = Field(default_factory=SFTConfig)
-    """Instruction fine-tuning (task sft): the chat template."""
-    mlm: MLMConfig = Field(default_factory=MLMConfig)
-    """Masking of the masked LM (task masked_lm)."""
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.train.batch_size * self.train.grad_accum * self.model.seq_len
+    """What happens on non-finite values and loss spikes."""
 
     def with_vocab_size(self, tokenizer_vocab: int) -> "RunConfig":
         """model.vocab_size from the tokenizer when unset; an explicit one must cover the tokenizer."""
         if self.model.vocab_size is None:
-            return build_config({**self.to_dict(), "model": {**self.model.model_dump(), "vocab_size": tokenizer_vocab}})
+            return type(self).build({**self.to_dict(), "model": {**self.model.model_dump(), "vocab_size": tokenizer_vocab}})
         if self.model.vocab_size < tokenizer_vocab:
             raise ConfigError(f"model.vocab_size={self.model.vocab_size} is smaller than the tokenizer's "
                               f"{tokenizer_vocab}; remove it or raise it")
         return self
+
+    def updated(self, tree: dict[str, Any]) -> "RunConfig":
+        """A validated copy with the keys of `tree` (nested sections) merged in."""
+        return type(self).build(merge(self.to_dict(), tree))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -351,12 +293,70 @@ class RunConfig(_Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
+    # -- keys and validation ----------------------------------------------------------------------
+    @classmethod
+    def build(cls, tree: dict[str, Any]) -> "RunConfig":
+        """Validate a tree of keys; every error becomes a one-line ConfigError naming the key."""
+        try:
+            return cls.model_validate(tree)
+        except ValidationError as err:
+            raise ConfigError(cls._format_validation_error(err)) from None
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return known_keys(cls)
+
+    @classmethod
+    def closest_key(cls, key: str) -> Optional[str]:
+        keys = cls.keys()
+        match = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+        if not match:  # try the last part alone: `lr` -> optim.lr
+            tail = {k.rsplit(".", 1)[-1]: k for k in keys}
+            m = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(tail), n=1, cutoff=0.75)
+            match = [tail[m[0]]] if m else []
+        return match[0] if match else None
+
+    @classmethod
+    def unknown_key_message(cls, key: str) -> str:
+        hint = cls.closest_key(key)
+        return (f"unknown config key '{key}'" + (f"; did you mean '{hint}'?" if hint else "")
+                + " (`trainlab config` lists every key)")
+
+    @classmethod
+    def apply_overrides(cls, tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+        """`--set key=value` items applied to a tree of keys, each key checked against the schema."""
+        keys = set(cls.keys())
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"--set expects key=value, got '{item}'")
+            key, text = item.split("=", 1)
+            key = key.strip()
+            if key not in keys and not _is_dict_entry(key):
+                raise ConfigError(cls.unknown_key_message(key))
+            set_dotted(tree, key, parse_value(text))
+        return tree
+
+    @classmethod
+    def _format_validation_error(cls, err: ValidationError) -> str:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        kind = first["type"]
+        if kind == "extra_forbidden":
+            return cls.unknown_key_message(loc)
+        msg = first["msg"]
+        if msg.startswith("Value error, "):
+            return msg[len("Value error, "):]
+        got = first.get("input")
+        got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+        return f"config key '{loc}': {msg.lower()}{got_text}"
+
 
 # ---------------------------------------------------------------------------------------------
-# Keys, overrides and validation with one-line messages
+# Trees of keys: YAML files, dotted overrides
 
 
-def known_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+def known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key of a config class, nested sections expanded."""
     keys = []
     for name, field in model.model_fields.items():
         ann = field.annotation
@@ -367,19 +367,35 @@ def known_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str
     return keys
 
 
-def closest_key(key: str) -> Optional[str]:
-    keys = known_keys()
-    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
-    if not match:  # try the last part alone: `lr` -> optim.lr
-        tail = {k.rsplit(".", 1)[-1]: k for k in keys}
-        m = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(tail), n=1, cutoff=0.75)
-        match = [tail[m[0]]] if m else []
-    return match[0] if match else None
+def type_name(annotation: Any) -> str:
+    """A field's type as a user reads it: `float`, `int or null`, `one of adamw, muon`, `list of str`."""
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if origin is typing.Union:
+        named = [type_name(a) for a in args if a is not type(None)]
+        return " or ".join(named) + (" or null" if type(None) in args else "")
+    if origin in (list, tuple, dict):
+        inner = ", ".join(type_name(a) for a in args if a is not Ellipsis)
+        return f"{origin.__name__} of {inner}" if inner else origin.__name__
+    return getattr(annotation, "__name__", str(annotation))
 
 
-def _unknown_key_message(key: str) -> str:
-    hint = closest_key(key)
-    return f"unknown config key '{key}'" + (f"; did you mean '{hint}'?" if hint else "; see `trainlab train --help`")
+def describe_keys(cfg: BaseModel, prefix: str = "") -> list[dict[str, Any]]:
+    """Every leaf key of a config with its type, value and docstring, in declaration order."""
+    rows = []
+    for name, field in type(cfg).model_fields.items():
+        value = getattr(cfg, name)
+        if isinstance(value, BaseModel):
+            rows.extend(describe_keys(value, f"{prefix}{name}."))
+            continue
+        shown = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        rows.append({"key": f"{prefix}{name}", "type": type_name(field.annotation),
+                     "value": list(shown) if isinstance(shown, tuple) else shown,
+                     "doc": " ".join((field.description or "").split())})
+    return rows
 
 
 def parse_value(text: str) -> Any:
@@ -398,6 +414,7 @@ def parse_value(text: str) -> Any:
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict; a path through a value (not a section) is an unknown key."""
     parts = key.split(".")
     if not all(parts):
         raise ConfigError(f"malformed config key '{key}'")
@@ -407,47 +424,15 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(_unknown_key_message(key))
+            raise ConfigError(f"unknown config key '{key}': '{part}' holds a value, not a section "
+                              f"(`trainlab config` lists every key)")
         node = child
     node[parts[-1]] = value
-
-
-def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got '{item}'")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        if key not in known_keys() and not _is_dict_entry(key):
-            raise ConfigError(_unknown_key_message(key))
-        set_dotted(tree, key, parse_value(text))
-    return tree
 
 
 def _is_dict_entry(key: str) -> bool:
     # train.unfreeze.<step> is a valid key: an entry of a dict-valued field.
     return key.startswith("train.unfreeze.")
-
-
-def _format_validation_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        return _unknown_key_message(loc)
-    msg = first["msg"]
-    if msg.startswith("Value error, "):
-        return msg[len("Value error, "):]
-    got = first.get("input")
-    got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
-    return f"config key '{loc}': {msg.lower()}{got_text}"
-
-
-def build_config(tree: dict[str, Any]) -> RunConfig:
-    try:
-        return RunConfig.model_validate(tree)
-    except ValidationError as err:
-        raise ConfigError(_format_validation_error(err)) from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -479,19 +464,3 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def resolve(preset: Optional[str] = None, config_file: Optional[str | Path] = None,
-            overrides: Optional[list[str]] = None) -> RunConfig:
-    """Preset, then the YAML file on top, then the --set overrides on top."""
-    from trainlab.presets import get_preset
-
-    tree: dict[str, Any] = {}
-    if preset:
-        tree = get_preset(preset).to_dict()
-    if config_file:
-        tree = merge(tree, load_yaml(config_file))
-    tree = apply_overrides(tree, list(overrides or []))
-    if preset and "preset" not in (overrides or []):
-        tree["preset"] = preset
-    return build_config(tree)

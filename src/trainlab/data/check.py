@@ -18,6 +18,7 @@ import numpy as np
 
 from trainlab.config import DataConfig
 from trainlab.data.prepare import Source, cache_dir_of
+from trainlab.findings import Finding
 
 MIN_CHARS = 32  # shorter units (stage directions, "Exit.") repeat naturally and are not counted
 SHINGLE = 5
@@ -66,37 +67,24 @@ def _length_stats(lengths: list[int]) -> dict[str, float]:
             "mean": float(a.mean()), "p95": float(np.quantile(a, 0.95)), "max": int(a.max())}
 
 
-def check_source(cfg: DataConfig) -> dict[str, Any]:
-    source = Source(cfg, cache_dir_of(cfg))
-    texts: dict[str, list[str]] = {}
-    lengths: dict[str, list[int]] = {}
-    chars: dict[str, Counter] = {}
-    for split in ("train", "val"):
-        raw = list(units(source, split))
-        if source.kind == "text" and len([u for u in raw if len(u) >= MIN_CHARS]) < 0.2 * max(1, len(raw)) + 10:
-            raw = [line for u in raw for line in u.splitlines()]  # no paragraph structure: use lines
-        chars[split] = Counter()
-        for u in raw:
-            chars[split].update(u)
-        lengths[split] = [len(u) for u in raw]
-        kept = [normalise(u) for u in raw]
-        kept = [u for u in kept if len(u) >= MIN_CHARS]
-        if len(kept) > MAX_UNITS:
-            kept = [kept[i] for i in np.linspace(0, len(kept) - 1, MAX_UNITS).astype(int)]
-        texts[split] = kept
-    report: dict[str, Any] = {"source": str(source.path), "kind": source.kind, "val_fraction": cfg.val_fraction,
-                              "min_unit_chars": MIN_CHARS, "lengths": {s: _length_stats(lengths[s]) for s in lengths}}
+def _read_split(source: Source, split: str) -> tuple[list[str], list[int], Counter]:
+    """(normalised units long enough to count, every unit's length, character counts) of one split."""
+    raw = list(units(source, split))
+    if source.kind == "text" and len([u for u in raw if len(u) >= MIN_CHARS]) < 0.2 * max(1, len(raw)) + 10:
+        raw = [line for u in raw for line in u.splitlines()]  # no paragraph structure: use lines
+    chars: Counter = Counter()
+    for u in raw:
+        chars.update(u)
+    kept = [u for u in (normalise(u) for u in raw) if len(u) >= MIN_CHARS]
+    if len(kept) > MAX_UNITS:
+        kept = [kept[i] for i in np.linspace(0, len(kept) - 1, MAX_UNITS).astype(int)]
+    return kept, [len(u) for u in raw], chars
 
-    # exact duplicates, within train and across the split
-    counts = Counter(texts["train"])
-    dup_exact = sum(c - 1 for c in counts.values())
-    val_exact = sum(1 for u in texts["val"] if u in counts)
 
-    # near duplicates
-    sigs = {s: [signature(u) for u in texts[s]] for s in texts}
+def _near_duplicates(train: list[str], val: list[str], exact: Counter) -> dict[str, Any]:
+    """Near duplicates within train, and validation units near a training unit, by banded MinHash."""
+    train_sigs, rows = [signature(u) for u in train], PERMS // BANDS
     buckets: dict[tuple, list[int]] = {}
-    rows = PERMS // BANDS
-    train_sigs = sigs["train"]
     for i, sig in enumerate(train_sigs):
         for b in range(BANDS):
             buckets.setdefault((b, sig[b * rows:(b + 1) * rows].tobytes()), []).append(i)
@@ -105,35 +93,44 @@ def check_source(cfg: DataConfig) -> dict[str, Any]:
     for members in buckets.values():
         for j in members[1:]:
             i = members[0]
-            if j in near_dup or texts["train"][i] == texts["train"][j]:
+            if j in near_dup or train[i] == train[j]:
                 continue
             if float(np.mean(train_sigs[i] == train_sigs[j])) >= NEAR:
                 near_dup.add(j)
                 if len(examples) < 3:
-                    examples.append([texts["train"][i][:160], texts["train"][j][:160]])
+                    examples.append([train[i][:160], train[j][:160]])
     leak_near, leak_examples = 0, []
-    for k, sig in enumerate(sigs["val"]):
-        if texts["val"][k] in counts:
+    for unit in val:
+        if unit in exact:
             continue
+        sig = signature(unit)
         cand = {i for b in range(BANDS) for i in buckets.get((b, sig[b * rows:(b + 1) * rows].tobytes()), [])}
         if any(float(np.mean(train_sigs[i] == sig)) >= NEAR for i in cand):
             leak_near += 1
             if len(leak_examples) < 3:
-                leak_examples.append(texts["val"][k][:160])
-    n_train, n_val = max(1, len(texts["train"])), max(1, len(texts["val"]))
-    unseen = sum(c for ch, c in chars["val"].items() if ch not in chars["train"])
-    report.update({
-        "units_checked": {"train": len(texts["train"]), "val": len(texts["val"])},
-        "train_exact_duplicate_rate": dup_exact / n_train,
-        "train_near_duplicate_rate": len(near_dup) / n_train,
-        "duplicate_examples": examples,
-        "val_in_train_exact_rate": val_exact / n_val,
-        "val_in_train_near_rate": leak_near / n_val,
-        "leak_examples": leak_examples,
-        "val_unseen_char_rate": unseen / max(1, sum(chars["val"].values())),
-        "val_unseen_chars": "".join(sorted(ch for ch in chars["val"] if ch not in chars["train"]))[:40],
-    })
-    return report
+                leak_examples.append(unit[:160])
+    return {"near_dup": len(near_dup), "examples": examples, "leak_near": leak_near, "leak_examples": leak_examples}
+
+
+def check_source(cfg: DataConfig) -> dict[str, Any]:
+    source = Source(cfg, cache_dir_of(cfg))
+    (train, train_lengths, train_chars), (val, val_lengths, val_chars) = (_read_split(source, s) for s in ("train", "val"))
+    counts = Counter(train)  # exact duplicates, within train and across the split
+    near = _near_duplicates(train, val, counts)
+    n_train, n_val = max(1, len(train)), max(1, len(val))
+    unseen = sum(c for ch, c in val_chars.items() if ch not in train_chars)
+    return {"source": str(source.path), "kind": source.kind, "val_fraction": cfg.val_fraction,
+            "min_unit_chars": MIN_CHARS,
+            "lengths": {"train": _length_stats(train_lengths), "val": _length_stats(val_lengths)},
+            "units_checked": {"train": len(train), "val": len(val)},
+            "train_exact_duplicate_rate": sum(c - 1 for c in counts.values()) / n_train,
+            "train_near_duplicate_rate": near["near_dup"] / n_train,
+            "duplicate_examples": near["examples"],
+            "val_in_train_exact_rate": sum(1 for u in val if u in counts) / n_val,
+            "val_in_train_near_rate": near["leak_near"] / n_val,
+            "leak_examples": near["leak_examples"],
+            "val_unseen_char_rate": unseen / max(1, sum(val_chars.values())),
+            "val_unseen_chars": "".join(sorted(ch for ch in val_chars if ch not in train_chars))[:40]}
 
 
 def check_config(cfg: DataConfig, fetch: bool = True) -> Optional[dict[str, Any]]:
@@ -149,9 +146,7 @@ def check_config(cfg: DataConfig, fetch: bool = True) -> Optional[dict[str, Any]
     return check_source(cfg)
 
 
-def findings_from_check(report: dict[str, Any]) -> list:
-    from trainlab.doctor.detectors import Finding
-
+def findings_from_check(report: dict[str, Any]) -> list[Finding]:
     out = []
     exact, near = report["train_exact_duplicate_rate"], report["train_near_duplicate_rate"]
     dup = exact + near

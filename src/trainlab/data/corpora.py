@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from trainlab.errors import DataError
-from trainlab.files import sha256_file
+from trainlab.files import atomic_write, default_cache_dir, sha256_file
 
 __all__ = ["Corpus", "CORPORA", "default_cache_dir", "corpus_path", "get_corpus"]
 
@@ -101,14 +101,6 @@ _N_PLAYS = 38
 
 
 # --------------------------------------------------------------------------- paths
-
-
-def default_cache_dir() -> Path:
-    """``$TRAINLAB_CACHE`` if set, else ``~/.cache/trainlab``."""
-    env = os.environ.get("TRAINLAB_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "trainlab"
 
 
 def corpus_path(name: str, cache_dir: Path) -> Path:
@@ -284,22 +276,6 @@ def _is_valid(path: Path, corpus: Corpus) -> bool:
         return False
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _say(quiet: bool, message: str) -> None:
     if not quiet:
         print(f"trainlab: {message}", file=sys.stderr, flush=True)
@@ -338,8 +314,8 @@ def _build(corpus: Corpus, path: Path, quiet: bool) -> None:
         "description": corpus.description,
     }
     meta = (json.dumps(provenance, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    _write_atomic(path.with_suffix(".json"), meta)
-    _write_atomic(path, data)
+    atomic_write(path.with_suffix(".json"), meta, fsync=True)
+    atomic_write(path, data, fsync=True)
     _say(quiet, f"corpus '{corpus.name}': {len(text):,} characters -> {path}")
 
 

@@ -15,10 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
@@ -26,9 +23,9 @@ from typing import Iterator, Optional
 import numpy as np
 
 from trainlab.config import DataConfig
-from trainlab.data.corpora import default_cache_dir
 from trainlab.data.tokenizers import ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 from trainlab.errors import DataError
+from trainlab.files import default_cache_dir, staged_dir
 
 FORMAT_VERSION = 1
 CHUNK_BYTES = 4 << 20
@@ -256,21 +253,10 @@ def _write_split(source: Source, split: str, tok: Tokenizer, path: Path, dtype) 
     return {"tokens": tokens, "chars": chars, "bytes": nbytes}
 
 
-@contextmanager
-def cache_entry(final: Path) -> Iterator[Path]:
+def cache_entry(final: Path):
     """A temporary folder beside `final`, renamed into place when the block succeeds and removed when it
-    fails, so concurrent preparations never see a half-written cache entry."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        yield tmp
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same preparation first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    fails, so concurrent preparations never see a half-written cache entry (the first to finish wins)."""
+    return staged_dir(final)
 
 
 def prepare(cfg: DataConfig, seq_len: int, log=print) -> Prepared:
@@ -314,35 +300,50 @@ def prepare(cfg: DataConfig, seq_len: int, log=print) -> Prepared:
 # Batches
 
 
-class Windows:
-    """Non-overlapping windows of seq_len+1 tokens, shuffled per epoch with a random offset.
+class EpochOrder:
+    """Global example index -> example id: a fresh permutation of the `n` examples each epoch, drawn from
+    (seed, epoch) alone, so the example at index i is a pure function of (seed, i) and a resumed run
+    reads exactly the batches an uninterrupted one would. With `offset_range`, each epoch also draws an
+    offset in [0, offset_range) first (the token windows' random phase)."""
 
-    The sample at global index i is a pure function of (seed, i): the data position is the step
-    number, so a resumed run reads exactly the batches an uninterrupted one would.
-    """
+    def __init__(self, n: int, seed: int, offset_range: int = 0):
+        self.n, self.seed, self.offset_range = n, seed, offset_range
+        self._epoch: Optional[int] = None
+
+    def _plan(self, epoch: int) -> tuple[np.ndarray, int]:
+        if self._epoch != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._offset = int(rng.integers(0, self.offset_range)) if self.offset_range else 0
+            self._perm = rng.permutation(self.n)
+            self._epoch = epoch
+        return self._perm, self._offset
+
+    def locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(example ids, their epoch's offsets) at these global indices."""
+        ids, offsets = np.empty(len(indices), dtype=np.int64), np.empty(len(indices), dtype=np.int64)
+        for j, i in enumerate(indices):
+            epoch, pos = divmod(int(i), self.n)
+            perm, offsets[j] = self._plan(epoch)
+            ids[j] = perm[pos]
+        return ids, offsets
+
+    def ids(self, indices: np.ndarray) -> np.ndarray:
+        return self.locate(indices)[0]
+
+
+class Windows:
+    """Non-overlapping windows of seq_len+1 tokens, shuffled per epoch with a random offset (EpochOrder)."""
 
     def __init__(self, tokens: np.ndarray, seq_len: int, seed: int):
         self.tokens, self.seq_len, self.seed = tokens, seq_len, seed
         self.per_epoch = (len(tokens) - 1 - seq_len) // seq_len
         if self.per_epoch < 1:
             raise DataError(f"corpus of {len(tokens)} tokens is shorter than two sequences of {seq_len}")
-        self._epoch: Optional[int] = None
-
-    def _plan(self, epoch: int) -> tuple[np.ndarray, int]:
-        if self._epoch != epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._offset = int(rng.integers(0, self.seq_len))
-            self._perm = rng.permutation(self.per_epoch)
-            self._epoch = epoch
-        return self._perm, self._offset
+        self.order = EpochOrder(self.per_epoch, seed, offset_range=seq_len)
 
     def starts(self, indices: np.ndarray) -> np.ndarray:
-        out = np.empty(len(indices), dtype=np.int64)
-        for j, i in enumerate(indices):
-            epoch, pos = divmod(int(i), self.per_epoch)
-            perm, offset = self._plan(epoch)
-            out[j] = offset + perm[pos] * self.seq_len
-        return out
+        ids, offsets = self.order.locate(indices)
+        return offsets + ids * self.seq_len
 
     def gather(self, starts: np.ndarray) -> np.ndarray:
         T = self.seq_len + 1

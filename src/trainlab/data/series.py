@@ -8,13 +8,18 @@ last `val_fraction` of the rows is validation, and no window crosses the boundar
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from trainlab.config import DataConfig, SeriesConfig
+from trainlab.config import DataConfig
+
+if TYPE_CHECKING:  # the section is declared with its task, a layer above
+    from trainlab.tasks.series_tokenizer import SeriesConfig
 from trainlab.errors import DataError
 
 REQUIRED = ("open", "high", "low", "close", "volume")

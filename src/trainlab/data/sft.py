@@ -27,11 +27,14 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
-from trainlab.config import DataConfig, RunConfig, SFTConfig
+from trainlab.config import DataConfig, RunConfig
+
+if TYPE_CHECKING:  # the section is declared with its task, a layer above
+    from trainlab.tasks.sft import SFTConfig
 from trainlab.data.prepare import _check_text_file, _is_val, cache_dir_of, cache_entry
 from trainlab.data.tokenizers import ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 from trainlab.errors import ConfigError, DataError
@@ -282,7 +285,7 @@ def prepare_sft(cfg: RunConfig, log: Callable[[str], None] = print) -> SFTData:
     content = hashlib.sha256(path.read_bytes()).hexdigest()
     key_text = json.dumps([FORMAT_VERSION, content, spec, cfg.sft.model_dump(), cfg.model.seq_len,
                            cfg.data.val_fraction, cfg.data.strict])
-    final = cache / "sft" / hashlib.sha256(key_text.encode()).hexdigest()[:20]
+    final = cache / "sft-examples" / hashlib.sha256(key_text.encode()).hexdigest()[:20]
     if not (final / "meta.json").exists():
         log(f"preparing {path} (sft, tokenizer {spec}) -> {final}")
         _build(cfg, path, tok, final)

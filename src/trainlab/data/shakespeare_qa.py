@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from trainlab.data.corpora import _write_atomic, default_cache_dir, get_corpus
+from trainlab.data.corpora import default_cache_dir, get_corpus
 from trainlab.errors import DataError
+from trainlab.files import atomic_write
 
 NAME = "shakespeare-qa"
 DESCRIPTION = ("Questions on Shakespeare's plays answered from the text (who speaks a line, which play it is "
@@ -177,5 +178,5 @@ def _build(corpus: Path, path: Path) -> None:
     meta = {"name": NAME, "source": "shakespeare", "source_sha256": hashlib.sha256(corpus.read_bytes()).hexdigest(),
             "examples": len(examples), "kinds": dict(Counter(e["kind"] for e in examples)), "sha256": sha,
             "description": DESCRIPTION}
-    _write_atomic(path.with_suffix(".json"), (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
-    _write_atomic(path, data)
+    atomic_write(path.with_suffix(".json"), (json.dumps(meta, indent=2) + "\n").encode("utf-8"), fsync=True)
+    atomic_write(path, data, fsync=True)

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from trainlab.errors import DataError
+from trainlab.files import atomic_write
 
 UNK = "\ufffd"  # characters unseen in the training split map here
 
@@ -40,7 +41,12 @@ class Tokenizer:
         raise NotImplementedError
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json(), encoding="utf-8")
+        atomic_write(Path(path), self.to_json())  # whole or absent: a kill mid-write leaves no half tokenizer
+
+    def to_hf_json(self) -> str:
+        """The same vocabulary as a `tokenizers` JSON (what transformers' AutoTokenizer loads), whose ids
+        round-trip exactly with `encode` and `decode`."""
+        return self.to_json()
 
     @property
     def fingerprint(self) -> str:
@@ -87,6 +93,18 @@ class CharTokenizer(Tokenizer):
     def to_json(self) -> str:
         return json.dumps({"trainlab": "char", "chars": self.chars}, ensure_ascii=False)
 
+    def to_hf_json(self) -> str:
+        """A word-level model over single characters: every character is split off on its own (no
+        normalisation), looked up (unseen ones become UNK), and decoding concatenates them."""
+        from tokenizers import Regex
+        from tokenizers import Tokenizer as _Tok
+        from tokenizers import decoders, models, pre_tokenizers
+
+        tok = _Tok(models.WordLevel(vocab=dict(self.index), unk_token=UNK))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"(?m:.)|\n"), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+        return tok.to_str()
+
 
 class ByteTokenizer(Tokenizer):
     kind = "byte"
@@ -103,6 +121,31 @@ class ByteTokenizer(Tokenizer):
 
     def to_json(self) -> str:
         return json.dumps({"trainlab": "byte"})
+
+    def to_hf_json(self) -> str:
+        """A merge-less byte-level BPE: byte b is the token for b in GPT-2's byte alphabet, with id b."""
+        from tokenizers import Tokenizer as _Tok
+        from tokenizers import decoders, models, pre_tokenizers
+
+        alphabet = _byte_alphabet()
+        tok = _Tok(models.BPE(vocab={alphabet[b]: b for b in range(256)}, merges=[]))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        return tok.to_str()
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2's printable stand-in for each byte, as the ByteLevel pre-tokenizer maps them."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return [out[b] for b in range(256)]
 
 
 class HFTokenizer(Tokenizer):

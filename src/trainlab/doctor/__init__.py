@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -12,6 +10,7 @@ from typing import Any, Optional
 from trainlab.doctor.detectors import Finding, rank, run_detectors, verdict
 from trainlab.doctor.readers import read
 from trainlab.doctor.series import RunSeries
+from trainlab.files import atomic_write
 
 
 @dataclass
@@ -46,27 +45,34 @@ def diagnose(path: Path, probe: bool = False, check_data: bool = True) -> Diagno
 def diagnose_series(series: RunSeries, probe: bool = False, check_data: bool = True) -> Diagnosis:
     findings = run_detectors(series)
     diag = Diagnosis(series, findings)
-    from trainlab.doctor import repetition
-
     if series.source == "trainlab":
-        cfg = series.fact("config")
-        task = cfg.task if cfg is not None else "causal_lm"
-        if check_data and task in ("causal_lm", "masked_lm"):  # text corpora; the others check their own input
-            _data_findings(diag)
-        found = None
-        if probe and task != "causal_lm":
-            diag.notes.append(f"--probe generates continuations of a causal LM; this run's task is {task}: skipped")
-        elif probe:
-            diag.probe = repetition.probe_run(series.path)
-            found = repetition.finding(diag.probe)
-        elif task in ("causal_lm", "sft"):
-            found = repetition.finding_from_samples(series.samples)
-        if found:
-            diag.findings.append(found)
+        _task_findings(diag, probe, check_data)
     elif probe:
         diag.notes.append("--probe needs a trainlab run directory (it generates from the model); skipped")
     diag.findings = rank(diag.findings)
     return diag
+
+
+def _task_findings(diag: Diagnosis, probe: bool, check_data: bool) -> None:
+    """The checks the run's task allows beyond its metrics (`Task.doctor_checks`): its text corpus, a
+    generation probe, repetition in its samples. A run whose config is unreadable gets the defaults'."""
+    from trainlab.doctor import repetition
+    from trainlab.tasks import DEFAULT_TASK, task_class
+
+    cfg = diag.series.fact("config")
+    task = task_class(cfg.task if cfg is not None else DEFAULT_TASK)
+    if check_data and "data" in task.doctor_checks:  # the other tasks check their own input as they read it
+        _data_findings(diag)
+    found = None
+    if probe and "probe" not in task.doctor_checks:
+        diag.notes.append(f"--probe generates continuations of a causal LM; this run's task is {task.name}: skipped")
+    elif probe:
+        diag.probe = repetition.probe_run(diag.series.path)
+        found = repetition.finding(diag.probe)
+    elif "samples" in task.doctor_checks:
+        found = repetition.finding_from_samples(diag.series.samples)
+    if found:
+        diag.findings.append(found)
 
 
 def _data_findings(diag: Diagnosis) -> None:
@@ -105,10 +111,7 @@ def write_outputs(diag: Diagnosis, out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, text in (("diagnosis.json", json.dumps(diag.to_json(), indent=1)), ("report.html", render(diag))):
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, out / name)
+        atomic_write(out / name, text)
         paths.append(out / name)
     return paths[0], paths[1]
 

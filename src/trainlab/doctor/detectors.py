@@ -8,30 +8,14 @@ were made to check them (scripts/golden_runs.py).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from trainlab.doctor.series import RunSeries, fmt, smooth
-
-SEVERITY_RANK = {"high": 0, "medium": 1, "low": 2}
-
-
-@dataclass
-class Finding:
-    id: str
-    severity: str  # high | medium | low
-    evidence: str
-    recommendation: str
-    suggested_overrides: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)  # numbers the report may plot
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("data")
-        return out
-
+from trainlab.charts import fmt
+from trainlab.doctor.series import RunSeries, smooth
+from trainlab.findings import SEVERITY_RANK, Finding
+from trainlab.stats import is_spike
 
 # the usual peak learning rates of Adam-family optimisers on transformers of 0.1M-100M parameters
 HIGH_LR, LOW_LR = 1e-2, 1e-4
@@ -87,15 +71,8 @@ class Curves:
     def spikes(self, factor: float = 1.5, start: int = 0) -> list[int]:
         """Steps whose loss exceeds `factor` x the median of the preceding window (for a loss that can be
         negative: (factor - 1) x max(|median|, 5 x its median absolute deviation) above the median)."""
-        out = []
-        for i in range(max(start, 3), self.n):
-            before = self.loss[max(0, i - self.window * 2): i]
-            ref = float(np.median(before))
-            # (factor - 1) x the median above it; the scale holds when a loss is negative or near zero
-            scale = max(abs(ref), 5 * float(np.median(np.abs(before - ref))), 1e-8)
-            if self.loss[i] - ref > (factor - 1) * scale:
-                out.append(int(self.tsteps[i]))
-        return out
+        return [int(self.tsteps[i]) for i in range(max(start, 3), self.n)
+                if is_spike(self.loss[max(0, i - self.window * 2): i], float(self.loss[i]), factor)]
 
 
 # --------------------------------------------------------------------------------------------

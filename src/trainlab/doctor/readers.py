@@ -101,13 +101,16 @@ def read_trainlab(run_dir: Path) -> RunSeries:
     env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").exists() else {}
     series.facts.update(_trainlab_facts(run_dir, env))
     series.facts["tokens_seen"] = max((r.get("tokens", 0) for r in rows), default=0)
+    counted = [r for r in series.train if r.get("step") and r.get("tokens")]
+    if counted:  # the trainer's own count (all processes, SFT's mean example length) beats the config's
+        series.facts["tokens_per_step"] = round(counted[-1]["tokens"] / counted[-1]["step"])
     return series
 
 
 def _trainlab_facts(run_dir: Path, env: dict) -> dict[str, Any]:
     import yaml
 
-    from trainlab.config import build_config
+    from trainlab.presets import build_config
 
     facts: dict[str, Any] = {"precision": env.get("precision"), "device": env.get("device"),
                              "cpu_bf16": (env.get("hardware") or {}).get("cpu_bf16"),
@@ -118,17 +121,27 @@ def _trainlab_facts(run_dir: Path, env: dict) -> dict[str, Any]:
         return facts
     facts.update(config=cfg, peak_lr=cfg.optim.lr, warmup_steps=cfg.schedule.warmup_steps,
                  schedule=cfg.schedule.name, min_lr_ratio=cfg.schedule.min_lr_ratio, grad_clip=cfg.optim.grad_clip,
-                 tokens_per_step=cfg.tokens_per_step, batch_size=cfg.train.batch_size, grad_accum=cfg.train.grad_accum,
+                 tokens_per_step=_tokens_per_step(cfg, env), batch_size=cfg.train.batch_size, grad_accum=cfg.train.grad_accum,
                  seq_len=cfg.model.seq_len, d_model=cfg.model.d_model, n_layer=cfg.model.n_layer,
                  vocab_size=cfg.model.vocab_size, dropout=cfg.model.dropout, weight_decay=cfg.optim.weight_decay,
                  patience=cfg.early_stopping.patience, data_source=cfg.data.source, max_steps=cfg.train.max_steps,
                  compile=cfg.train.compile)
     if cfg.model.vocab_size:
-        from trainlab.experiment.estimate import meta_model, param_counts
+        from trainlab.models.base import param_counts
+        from trainlab.tasks import meta_model
 
         counts = param_counts(meta_model(cfg))
         facts.update(params=counts["total"], embedding_params=counts["embedding"])
     return facts
+
+
+def _tokens_per_step(cfg, env: dict) -> int:
+    """As the trainer counted them (`train/budget.py`): all processes, padding excluded."""
+    from trainlab.tasks import task_class
+    from trainlab.train.budget import StepSize
+
+    world = int(env.get("world_size") or 1)
+    return StepSize.of(cfg, *task_class(cfg.task).example_tokens(cfg), world).tokens
 
 
 # --------------------------------------------------------------------------------------------

@@ -61,15 +61,17 @@ def probe_run(run_dir: Path, n_prompts: int = 8, prompt_tokens: int = 48, new_to
     import torch
 
     from trainlab.data.prepare import prepare
-    from trainlab.generate import generate
+    from trainlab.models.generate import generate
     from trainlab.inference import load_run
 
+    from trainlab.tasks import task_class
+
     run = load_run(run_dir)
-    if run.cfg.task == "masked_lm":
+    if "probe" not in task_class(run.cfg.task).doctor_checks:
         from trainlab.errors import TrainlabError
 
-        raise TrainlabError("--probe measures repetition in generated continuations; a masked LM fills in "
-                            "[MASK]s and generates none, so drop --probe")
+        raise TrainlabError(f"--probe measures repetition in generated continuations; a {run.cfg.task} run "
+                            f"generates none, so drop --probe")
     data_cfg = run.cfg.data.model_copy(update={"tokenizer": str(Path(run_dir) / "tokenizer.json")}) \
         if run.cfg.data.tokenizer == "bpe" else run.cfg.data
     data = prepare(data_cfg, run.cfg.model.seq_len, log=lambda s: None)

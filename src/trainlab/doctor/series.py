@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -58,15 +58,3 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
         return values.copy()
     half = window // 2
     return np.array([np.median(values[max(0, i - half): i + half + 1]) for i in range(len(values))])
-
-
-def fmt(x: Optional[float], digits: int = 3) -> str:
-    """A number for evidence text: 3 decimals, or scientific notation when tiny or huge."""
-    if x is None:
-        return "n/a"
-    if x == 0:
-        return "0"
-    if abs(x) < 1e-2 or abs(x) >= 1e5:
-        return f"{x:.2e}"
-    text = f"{x:.{digits}f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text

@@ -21,8 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from trainlab.config import RunConfig, build_config, load_yaml, resolve, set_dotted
+from trainlab.charts import num
+from trainlab.config import RunConfig, load_yaml, set_dotted
 from trainlab.errors import ConfigError
+from trainlab.files import atomic_write
+from trainlab.presets import build_config, resolve
 
 BUDGET_KEYS = {"tokens": "train.max_tokens", "steps": "train.max_steps", "seconds": "train.max_seconds"}
 
@@ -132,9 +135,7 @@ def _run_one(sweep: Sweep, name: str, k: int, where: Path) -> dict[str, Any]:
         return {"variant": name, "seed": k, "failed": True, "returncode": proc.returncode,
                 "log": str(where / "train.log")}
     result = summarise_run(run) | {"variant": name, "seed": k, "seed_value": cfg.train.seed}
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(done)
+    atomic_write(done, json.dumps(result, indent=1))
     return result
 
 
@@ -183,7 +184,7 @@ def run_sweep(sweep: Sweep, out: Path, log: Callable[[str], None] = print) -> di
 
 
 def aggregate(sweep: Sweep, results: list[dict[str, Any]]) -> dict[str, Any]:
-    from trainlab.experiment.stats import describe, welch
+    from trainlab.stats import describe, welch
 
     by: dict[str, list[dict]] = {name: [] for name in sweep.variants}
     for r in results:
@@ -228,8 +229,8 @@ def results_markdown(s: dict[str, Any]) -> str:
         p = ("n/a" if vs["p"] is None else f"{vs['p']:.3g}") if vs else ""
         tokens = "/".join(f"{t:,}" for t in r["tokens_all"])
         lines.append(f"| {r['variant']} | {d['mean']:.4f} ± {d['std']:.4f} | [{d['lo']:.4f}, {d['hi']:.4f}] | {delta} | "
-                     f"{p} | {r['acc']:.3f} | {r['top5']:.3f} | {r['ppl']:.2f} | {tokens} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['elapsed_s']:.0f} | {r['doctor']} |")
+                     f"{p} | {num(r.get('acc'), '.3f')} | {num(r.get('top5'), '.3f')} | {num(r.get('ppl'), '.2f')} | "
+                     f"{tokens} | {num(r.get('tokens_per_s'), ',.0f')} | {num(r.get('elapsed_s'), '.0f')} | {r['doctor']} |")
     tokens = {t for r in s["variants"] for t in r.get("tokens_all", [])}
     lines += ["", "All runs saw the same number of tokens." if len(tokens) == 1 else
               f"Runs saw different token counts ({', '.join(f'{t:,}' for t in sorted(tokens))}): the budget is not a "

@@ -10,35 +10,20 @@ efficiency that grows with width (measured with bench/throughput.py on 2 CPU cor
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from torch import nn
 
+from trainlab import hardware
 from trainlab.config import RunConfig
+from trainlab.models.base import param_counts
+from trainlab.tasks import Task, meta_model, task_class
+from trainlab.train.budget import StepSize, total_steps
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-
-
-def meta_model(cfg: RunConfig) -> nn.Module:
-    from trainlab.tasks import build_model
-
-    with torch.device("meta"):
-        return build_model(cfg)
-
-
-def param_counts(model: nn.Module) -> dict[str, int]:
-    """Embedding parameters are the token tables (input, untied output and its per-entry bias);
-    active ones are those a token passes through (a mixture of experts uses top_k of its experts)."""
-    total = model.num_params()
-    non_embedding = model.num_params(exclude_embedding=True)
-    active = model.active_params() if hasattr(model, "active_params") else total
-    return {"total": total, "embedding": total - non_embedding, "non_embedding": non_embedding, "active": active}
 
 
 def ffn_width(cfg: RunConfig) -> int:
@@ -89,58 +74,6 @@ def memory(cfg: RunConfig, model: nn.Module, precision: str) -> dict[str, int]:
             "total": weights + gradients + optimizer + activations}
 
 
-def peak_flops(precision: str, device: torch.device, cache_dir: Optional[Path] = None) -> float:
-    """The machine's matmul peak at this precision, measured once and cached."""
-    from trainlab.data.corpora import default_cache_dir
-    from trainlab.train import hardware
-
-    key = f"{device.type}|{hardware.cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name()}|" \
-          f"{torch.get_num_threads()}|{precision}"
-    path = (cache_dir or default_cache_dir()) / "peak_flops.json"
-    cached = json.loads(path.read_text()) if path.exists() else {}
-    if key in cached:
-        return cached[key]
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    n = 8192 if device.type == "cuda" else (2048 if native(precision, device) else 512)  # slow paths: keep it short
-    # a generator of its own: measuring must not move the global RNG (a run that measures would draw
-    # different dropout masks from its resumed self, which finds the figure cached)
-    g = torch.Generator(device=device).manual_seed(0)
-    a, b = (torch.randn(n, n, dtype=dtype, device=device, generator=g) for _ in range(2))
-    best = 0.0
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elif device.type == "mps":
-            torch.mps.synchronize()
-
-    for _ in range(3):
-        a @ b
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(3):
-            a @ b
-        sync()
-        best = max(best, 6 * n**3 / (time.perf_counter() - t0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cached[key] = best
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cached, indent=1))
-    tmp.replace(path)
-    return best
-
-
-def native(precision: str, device: torch.device) -> bool:
-    """Whether this machine runs matmuls at `precision` at full speed (so its peak can be measured)."""
-    from trainlab.train import hardware
-
-    here = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.type != here:
-        return False  # not this machine's device: nothing to measure here
-    if device.type != "cpu":
-        return True
-    return precision == "fp32" or (precision == "bf16" and hardware.cpu_has_fast_bf16())
-
-
 def efficiency(cfg: RunConfig) -> float:
     """Share of the matmul peak a training step reaches: small widths waste more on overhead.
 
@@ -149,40 +82,40 @@ def efficiency(cfg: RunConfig) -> float:
     return min(0.75, max(0.3, 0.55 + 0.14 * math.log2(cfg.model.d_model / 128)))
 
 
-def budget_tokens(cfg: RunConfig, train_tokens: Optional[int]) -> Optional[int]:
-    t, per_step = cfg.train, cfg.tokens_per_step
-    candidates = []
-    if t.max_steps:
-        candidates.append(t.max_steps * per_step)
-    if t.max_tokens:
-        candidates.append(math.ceil(t.max_tokens / per_step) * per_step)
-    if t.epochs and train_tokens:
-        candidates.append(math.ceil(t.epochs * train_tokens / per_step) * per_step)
-    return min(candidates) if candidates else None
+def step_size(cfg: RunConfig, task: Optional[Task] = None, world: int = 1) -> StepSize:
+    """The step's tokens as the trainer will count them: from the task's data when it is prepared, else
+    from the config alone (exact for fixed-size examples, an upper bound for SFT's)."""
+    if task is not None:
+        return StepSize.of(cfg, task.tokens_per_example, task.loss_tokens_per_example, world)
+    return StepSize.of(cfg, *task_class(cfg.task).example_tokens(cfg), world)
 
 
-def estimate(cfg: RunConfig, precision: str, device: torch.device, train_tokens: Optional[int] = None,
-             tokens_per_s: Optional[float] = None) -> dict[str, Any]:
+def estimate(cfg: RunConfig, precision: str, device: torch.device, task: Optional[Task] = None,
+             tokens_per_s: Optional[float] = None, world: int = 1) -> dict[str, Any]:
+    """Parameters, memory, FLOPs, tokens and time of a run. `task`: the task over its prepared data (for
+    epochs, and for SFT's mean example length); `world`: processes under torchrun."""
     model = meta_model(cfg)
     params = param_counts(model)
     flops = model.flops_per_token()
     source = "measured"
-    if tokens_per_s is None and native(precision, device):
-        tokens_per_s = peak_flops(precision, device) * efficiency(cfg) / flops
+    if tokens_per_s is None and hardware.native(precision, device):
+        tokens_per_s = hardware.peak_flops(precision, device) * efficiency(cfg) / flops
         source = "peak x efficiency"
     elif tokens_per_s is None:
         source = (f"not estimated: this machine cannot time {precision} on {device.type}; "
                   f"run `trainlab estimate --measure` on the target machine")
-    tokens = budget_tokens(cfg, train_tokens)
+    step = step_size(cfg, task, world)
+    steps = total_steps(cfg, step, task.examples_per_epoch if task is not None else None)
+    tokens = steps * step.tokens if steps else None
     seconds = tokens / tokens_per_s if tokens and tokens_per_s else None
     if tokens_per_s and cfg.train.max_seconds and (seconds is None or seconds > cfg.train.max_seconds):
         seconds = cfg.train.max_seconds
         tokens = int(seconds * tokens_per_s)
     return {"params": params, "memory_bytes": memory(cfg, model, precision), "flops_per_token": flops,
-            "tokens_per_step": cfg.tokens_per_step, "tokens": tokens,
+            "tokens_per_step": step.tokens, "loss_tokens_per_step": step.loss_tokens, "tokens": tokens,
             "tokens_per_param": (tokens / params["total"]) if tokens else None,
             "tokens_per_s": tokens_per_s, "throughput_source": source, "estimated_seconds": seconds,
-            "precision": precision, "device": str(device)}
+            "precision": precision, "device": str(device), "processes": world}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -196,6 +129,7 @@ def format_table(result: dict[str, Any]) -> str:
              f" + activations {mib(m['activations'])} = {mib(m['total'])}",
              f"             activations with checkpointing: {mib(m['activations_checkpointed'])}",
              f"compute      {result['flops_per_token'] / 1e6:,.2f} MFLOP per token, {result['tokens_per_step']:,} tokens per step"
+             f" ({result['loss_tokens_per_step']:,.0f} carry loss)"
              f" ({result['precision']} on {result['device']})",
              "throughput   " + (f"{result['tokens_per_s']:,.0f} tokens/s ({result['throughput_source']})"
                                  if result["tokens_per_s"] else result["throughput_source"])]

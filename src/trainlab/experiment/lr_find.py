@@ -13,7 +13,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from trainlab.config import RunConfig, build_config
+from trainlab.config import RunConfig
+from trainlab.presets import build_config
 
 
 def lr_range_test(cfg: RunConfig, data, out_dir: Path, start: float = 1e-6, end: float = 1.0, steps: int = 100,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from trainlab.doctor.report import COLORS, bars, chart, page
+from trainlab.charts import COLORS, bars, chart, num, page
 
 esc = html.escape
 
@@ -34,8 +34,9 @@ def sweep_report(s: dict[str, Any]) -> str:
         p = "" if not vs else ("n/a" if vs["p"] is None else f"{vs['p']:.3g}")
         body.append(f"<tr><td>{esc(v['variant'])}</td><td>{d['mean']:.4f} ± {d['std']:.4f}</td>"
                     f"<td>[{d['lo']:.4f}, {d['hi']:.4f}]</td><td>{'baseline' if not vs else format(vs['diff'], '+.4f')}</td>"
-                    f"<td>{p}</td><td>{v['acc']:.3f}</td><td>{v['top5']:.3f}</td><td>{v['tokens']:,.0f}</td>"
-                    f"<td>{v['tokens_per_s']:,.0f}</td><td>{esc(v['doctor'])}</td></tr>")
+                    f"<td>{p}</td><td>{num(v.get('acc'), '.3f')}</td><td>{num(v.get('top5'), '.3f')}</td>"
+                    f"<td>{num(v.get('tokens'), ',.0f')}</td><td>{num(v.get('tokens_per_s'), ',.0f')}</td>"
+                    f"<td>{esc(v['doctor'])}</td></tr>")
     body.append("</table>")
     body += ['<h2>Curves</h2><div class="plots">',
              chart("validation loss by tokens seen (each seed)", by_tokens, xlabel="tokens"),
@@ -44,6 +45,6 @@ def sweep_report(s: dict[str, Any]) -> str:
                   [v["val_loss"]["mean"] for v in order], [v["val_loss"]["lo"] for v in order],
                   [v["val_loss"]["hi"] for v in order], from_zero=False),
              bars("efficiency: training tokens per second", [v["variant"] for v in order],
-                  [v["tokens_per_s"] for v in order]),
+                  [v.get("tokens_per_s") or 0.0 for v in order]),
              "</div>"]
     return page(f"trainlab ablate: {s['sweep']}", body)

@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-from trainlab.config import RunConfig, build_config, known_keys, load_yaml, resolve, set_dotted
+from trainlab.config import RunConfig, load_yaml, set_dotted
+from trainlab.presets import build_config, config_class, resolve
 from trainlab.errors import ConfigError
 from trainlab.experiment.ablate import BUDGET_KEYS, set_budget
 
@@ -25,10 +26,8 @@ def load_space(path: Path) -> dict[str, Any]:
     if not isinstance(params, dict) or not params:
         raise ConfigError(f"{path}: 'params' must map config keys to ranges ({{low, high, log}}) or {{choices: [...]}}")
     for key, spec in params.items():
-        if key not in known_keys():
-            from trainlab.config import _unknown_key_message
-
-            raise ConfigError(f"{path}: {_unknown_key_message(key)}")
+        if key not in config_class().keys():
+            raise ConfigError(f"{path}: {config_class().unknown_key_message(key)}")
         if not isinstance(spec, dict) or not ("choices" in spec or {"low", "high"} <= set(spec)):
             raise ConfigError(f"{path}: '{key}' needs low and high, or choices")
         if "choices" not in spec and not spec["low"] < spec["high"]:

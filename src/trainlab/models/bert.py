@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainlab.config import ModelConfig
+from trainlab.models.base import ModelBase
 
 TYPE_VOCAB = 2  # BERT's sentence A / sentence B segments; trainlab feeds segment 0 only
 
@@ -73,7 +74,7 @@ class MLMHead(nn.Module):
         return self.decoder(self.norm(F.gelu(self.dense(h))))
 
 
-class BertMLM(nn.Module):
+class BertMLM(ModelBase):
     """`predicted_fraction`: the share of positions the head runs on in training (the masked ones),
     for the FLOP count."""
 
@@ -139,9 +140,7 @@ class BertMLM(nn.Module):
             if bool(bias.any()):
                 raise ValueError("the weights hold an output bias; set model.output_bias=true")
             del weights["head.decoder.bias"]
-        missing, unexpected = self.load_state_dict(weights, strict=False)
-        if set(missing) - set(self.tied_keys()) or unexpected:
-            raise ValueError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
+        super().load_weights(weights)
 
     def embedding_params(self) -> int:
         """Token, position and segment tables, an untied decoder and the output bias."""

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainlab.config import ModelConfig
+from trainlab.models.base import ModelBase
 
 
 class RMSNorm(nn.Module):
@@ -331,7 +332,7 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
-class GPT(nn.Module):
+class GPT(ModelBase):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.vocab_size is None:
@@ -398,13 +399,6 @@ class GPT(nn.Module):
     def tied_keys(self) -> tuple[str, ...]:
         """State-dict entries that are the same tensor as another (left out of checkpoints)."""
         return ("lm_head.weight",) if self.cfg.tie_embeddings else ()
-
-    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Load a checkpoint's weights; a tied model's are saved without lm_head.weight."""
-        missing, unexpected = self.load_state_dict(weights, strict=False)
-        allowed = {"lm_head.weight"} if self.cfg.tie_embeddings else set()
-        if set(missing) - allowed or unexpected:
-            raise ValueError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
 
     def num_params(self, exclude_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

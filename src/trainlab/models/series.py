@@ -11,6 +11,8 @@ so the quantiser loss, and the total, can be negative without anything being wro
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import itertools
 import math
 
@@ -18,7 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainlab.config import ModelConfig, SeriesConfig
+from trainlab.config import ModelConfig
+from trainlab.models.base import ModelBase
+
+if TYPE_CHECKING:  # the section is declared with its task, a layer above
+    from trainlab.tasks.series_tokenizer import SeriesConfig
 from trainlab.models.gpt import Block, RMSNorm, rope_tables
 
 
@@ -51,7 +57,7 @@ class BSQ(nn.Module):
         return zq, loss, (q > 0).long()
 
 
-class SeriesTokenizer(nn.Module):
+class SeriesTokenizer(ModelBase):
     def __init__(self, cfg: ModelConfig, s: SeriesConfig, n_features: int):
         super().__init__()
         self.cfg, self.s = cfg, s
@@ -115,17 +121,6 @@ class SeriesTokenizer(nn.Module):
         return self.decode(codes, coarse_only=True), self.decode(codes), quant_loss, bits
 
     # -- what the trainer and the estimates ask of a model ------------------------------------------------
-    def tied_keys(self) -> tuple[str, ...]:
-        return ()
-
-    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        missing, unexpected = self.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
-
-    def num_params(self, exclude_embedding: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters())  # no token tables
-
     def flops_per_token(self) -> int:
         """Per time step: 6 per weight (forward and backward; the decoder runs twice) plus attention."""
         decoder = sum(p.numel() for p in self.decoder.parameters()) + self.head.weight.numel()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+from trainlab.files import atomic_write
 
 WALL_CLOCK_KEYS = ("elapsed_s", "tokens_per_s", "time", "step_time_s", "data_wait_frac", "mfu", "peak_memory_mb")
 
@@ -53,9 +54,7 @@ def truncate_after(path: Path, step: int, keep_events: bool = False) -> None:
                 continue  # a line cut by a kill
             if row.get("step", 0) <= step or (keep_events and row.get("split") == "event"):
                 kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(kept))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -127,3 +126,61 @@ class Console:
     def close(self) -> None:
         if self._live is not None:
             self._live.stop()
+
+
+class _Null:
+    """What processes other than rank 0 write to: nothing."""
+
+    last_val = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def truncate_after(self, step: int, keep_events: bool = False) -> None:
+        pass
+
+    def print(self, text: str) -> None:
+        pass
+
+    def update(self, row: dict[str, Any], fraction: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Sinks:
+    """Everything a run writes as it trains: metrics.jsonl and TensorBoard (every row), samples.jsonl, and
+    the console. Only the main process writes; the others get sinks that drop everything."""
+
+    def __init__(self, run_dir: Path, total_steps: Optional[int], resumed_at: Optional[int] = None, main: bool = True):
+        if main:
+            self.metrics, self.samples = JsonlSink(run_dir / "metrics.jsonl"), JsonlSink(run_dir / "samples.jsonl")
+            self.tb = TensorBoardSink(run_dir / "tb", purge_step=None if resumed_at is None else resumed_at + 1)
+            self.console = Console(total_steps)
+        else:
+            self.metrics = self.samples = self.tb = self.console = _Null()
+
+    def emit(self, row: dict[str, Any]) -> None:
+        """A metrics row (train, val or event): to metrics.jsonl and TensorBoard."""
+        self.metrics.write(row)
+        self.tb.write(row)
+
+    def sample(self, row: dict[str, Any]) -> None:
+        self.samples.write(row)
+
+    def say(self, text: str) -> None:
+        self.console.print(text)
+
+    def progress(self, row: dict[str, Any], fraction: float) -> None:
+        self.console.update(row, fraction)
+
+    def rewind(self, step: int) -> None:
+        """Forget the rows after `step` (a rollback undid them); event rows stay."""
+        for sink in (self.metrics, self.samples):
+            sink.truncate_after(step, keep_events=True)
+
+    def close(self) -> None:
+        self.console.close()
+        for sink in (self.metrics, self.samples, self.tb):
+            sink.close()

@@ -17,6 +17,7 @@ import importlib
 
 from trainlab.tasks.base import Task
 
+DEFAULT_TASK = "causal_lm"
 TASKS = {
     "causal_lm": "trainlab.tasks.causal_lm:CausalLM",
     "sft": "trainlab.tasks.sft:SFT",
@@ -26,8 +27,19 @@ TASKS = {
 
 
 def task_class(name: str) -> type[Task]:
+    """The registered task of this name (a config's `task` was checked against TASKS when it was built)."""
     module, cls = TASKS[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def task_sections() -> dict[str, type]:
+    """Every registered task's own config sections by name; two tasks may share one (the same class)."""
+    sections: dict[str, type] = {}
+    for name in TASKS:
+        for key, section in task_class(name).sections.items():
+            if sections.setdefault(key, section) is not section:
+                raise TypeError(f"config section '{key}' is declared by two tasks with different classes")
+    return sections
 
 
 def prepared(cfg, log=print):
@@ -41,4 +53,12 @@ def build_model(cfg):
     return task_class(cfg.task).build_model(cfg)
 
 
-__all__ = ["Task", "TASKS", "build_model", "prepared", "task_class"]
+def meta_model(cfg):
+    """The run's model on the meta device: shapes and counts without memory or initialisation."""
+    import torch
+
+    with torch.device("meta"):
+        return build_model(cfg)
+
+
+__all__ = ["DEFAULT_TASK", "Task", "TASKS", "build_model", "meta_model", "prepared", "task_class", "task_sections"]

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, ClassVar, Iterator, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainlab.config import RunConfig
+from trainlab.config import RunConfig, Section
+from trainlab.errors import TrainlabError
 
 LOG2E = 1.0 / math.log(2.0)
 IGNORE = -100  # target id that no loss or metric counts (prompt tokens, unmasked positions)
@@ -21,10 +23,39 @@ Forward = Callable[..., torch.Tensor]
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a float64 tensor over the processes
 
 
+@dataclass
+class LoadedRun:
+    """A run's best (else newest intact) checkpoint in its model, with what the task loads beside it."""
+
+    run_dir: Path
+    cfg: RunConfig
+    model: nn.Module
+    tokenizer: Any  # the task's assets: a Tokenizer for token tasks, None for candles
+    step: int
+
+
+@dataclass
+class GenerationRequest:
+    """What `trainlab generate` asks of a run."""
+
+    prompt: str = ""
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: Optional[int] = None
+
+
 class Task:
-    """One kind of training. Subclasses fill in the data, model, batches, loss and evaluation."""
+    """One kind of training. Subclasses fill in the data, model, batches, loss and evaluation, and the
+    hooks through which every command that is not training (generate, eval, export, doctor) treats a
+    finished run of this task."""
 
     name = "task"
+    sections: ClassVar[dict[str, type[Section]]] = {}
+    """The config sections this task declares (`{"sft": SFTConfig}`): they join the full RunConfig under
+    these names, with their defaults, whatever the task of a run (a preset may set them for another)."""
 
     def __init__(self, cfg: RunConfig, data: Any, device: torch.device, rank: int = 0, world: int = 1):
         self.cfg, self.data, self.device, self.rank, self.world = cfg, data, device, rank, world
@@ -49,10 +80,22 @@ class Task:
     def examples_per_epoch(self) -> int:
         raise NotImplementedError
 
+    @classmethod
+    def example_tokens(cls, cfg: RunConfig) -> tuple[float, float]:
+        """(input positions, positions that carry loss) of one example, from the config alone: exact for
+        fixed-size examples, an upper bound where they vary (the instance's figures then use the data)."""
+        return float(cfg.model.seq_len), float(cfg.model.seq_len)
+
     @property
-    def tokens_per_example(self) -> int:
-        """What the `tokens` counter adds per example (token positions, or time steps)."""
-        return self.cfg.model.seq_len
+    def tokens_per_example(self) -> float:
+        """Input positions an example feeds the model, padding excluded (a mean where examples vary):
+        what the `tokens` counter and every token budget count (`train/budget.py`)."""
+        return self.example_tokens(self.cfg)[0]
+
+    @property
+    def loss_tokens_per_example(self) -> float:
+        """The positions of an example that carry loss (a mean where it varies)."""
+        return self.example_tokens(self.cfg)[1]
 
     def batch(self, indices: np.ndarray) -> Batch:
         """The examples at these global indices: a pure function of (seed, index), for exact resume."""
@@ -90,6 +133,33 @@ class Task:
     def describe(self) -> str:
         """One line on the data, for the start of a run."""
         return ""
+
+    # -- a finished run (classmethods: no data is prepared) ----------------------------------------------
+    doctor_checks: ClassVar[frozenset[str]] = frozenset()
+    """What the doctor may check beyond the metrics: `data` (the text corpus: duplicates, leakage),
+    `probe` (generate continuations and measure repetition), `samples` (repetition in samples.jsonl)."""
+
+    @classmethod
+    def load_assets(cls, run_dir: Path) -> Any:
+        """What a finished run needs beside its weights (its tokenizer), or None."""
+        return None
+
+    @classmethod
+    def generate(cls, run: LoadedRun, request: GenerationRequest) -> str:
+        """The text `trainlab generate` prints."""
+        raise TrainlabError(f"a {cls.name} run generates nothing")
+
+    @classmethod
+    def eval_config(cls, cfg: RunConfig, run_dir: Path, data_path: Optional[Path]) -> RunConfig:
+        """The config `trainlab eval` prepares data with: the run's own, or another file read the run's way."""
+        if data_path is None:
+            return cfg
+        return cfg.updated({"data": {"source": str(data_path)}})
+
+    @classmethod
+    def export_hf(cls, run: LoadedRun, out: Path) -> None:
+        """Write the run as a transformers directory into the (empty, temporary) folder `out`."""
+        raise TrainlabError(f"a {cls.name} run has no transformers format to export to")
 
 
 class TokenMetrics:

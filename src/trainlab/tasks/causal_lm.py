@@ -12,8 +12,10 @@ from torch import nn
 
 from trainlab.config import RunConfig
 from trainlab.data.prepare import Prepared, Windows, eval_starts, prepare
+from trainlab.data.tokenizers import Tokenizer, load_tokenizer
 from trainlab.errors import ConfigError
-from trainlab.tasks.base import IGNORE, Batch, Forward, Reduce, Task, TokenMetrics, chunks
+from trainlab.tasks.base import (IGNORE, Batch, Forward, GenerationRequest, LoadedRun, Reduce, Task, TokenMetrics,
+                                 chunks)
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -34,8 +36,19 @@ def gpt_loss(cfg: RunConfig, forward: Forward, inputs: torch.Tensor, targets: to
                       "moe_max_load": (load.amax(-1) * load.shape[-1]).amax(), "moe_dropped": dropped.mean()}
 
 
+def export_llama(run: LoadedRun, out: Path, chat_template: Optional[str] = None,
+                 stop_strings: Optional[list[str]] = None) -> None:
+    """A causal GPT as a Llama (Qwen3 with qk_norm) directory with its tokenizer."""
+    from safetensors.torch import save_file
+
+    from trainlab.models.hf import to_llama, write_llama_files
+
+    save_file(to_llama(run.model.state_dict(), run.cfg.model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    write_llama_files(out, run.cfg.model, run.tokenizer, run.run_dir / "tokenizer.json", chat_template, stop_strings)
+
+
 class TokenTask(Task):
-    """Shared by the tasks that read a tokenized text corpus (causal LM, masked LM)."""
+    """Shared by the tasks that read a tokenized text corpus (causal LM, masked LM, SFT)."""
 
     data: Prepared
 
@@ -72,8 +85,21 @@ class TokenTask(Task):
         return row
 
 
+    @classmethod
+    def load_assets(cls, run_dir: Path) -> Tokenizer:
+        return load_tokenizer(Path(run_dir) / "tokenizer.json")
+
+    @classmethod
+    def eval_config(cls, cfg: RunConfig, run_dir: Path, data_path: Optional[Path]) -> RunConfig:
+        """Another file is tokenized with the run's own tokenizer."""
+        if data_path is None:
+            return cfg
+        return cfg.updated({"data": {"source": str(data_path), "tokenizer": str(Path(run_dir) / "tokenizer.json")}})
+
+
 class CausalLM(TokenTask):
     name = "causal_lm"
+    doctor_checks = frozenset({"data", "probe", "samples"})
 
     def __init__(self, cfg: RunConfig, data: Prepared, device: torch.device, rank: int = 0, world: int = 1):
         super().__init__(cfg, data, device, rank, world)
@@ -117,9 +143,27 @@ class CausalLM(TokenTask):
         return self.text_units(metrics.finish(reduce))
 
     def sample(self, model: nn.Module, n_tokens: int, prompt_tokens: int = 16) -> Optional[dict[str, str]]:
-        from trainlab.generate import generate
+        from trainlab.models.generate import generate
 
         prompt = torch.from_numpy(np.asarray(self.data.val[:prompt_tokens], dtype=np.int64))[None].to(self.device)
         new = generate(model, prompt, n_tokens, temperature=0.8, top_k=40, seed=self.cfg.train.seed)
         tok = self.data.tokenizer
         return {"prompt": tok.decode(prompt[0].tolist()), "text": tok.decode(new[0].tolist())}
+
+    @classmethod
+    def generate(cls, run: LoadedRun, request: GenerationRequest) -> str:
+        """The prompt's continuation; without a prompt, from a document boundary (eos) or a newline."""
+        from trainlab.models.generate import generate
+
+        r, tok = request, run.tokenizer
+        ids = list(tok.encode(r.prompt)) if r.prompt else []
+        if not ids:
+            ids = [tok.eos_id] if tok.eos_id is not None else list(tok.encode("\n")[:1]) or [0]
+        new = generate(run.model, torch.tensor([ids], dtype=torch.long), r.max_new_tokens, temperature=r.temperature,
+                       top_k=r.top_k, top_p=r.top_p, repetition_penalty=r.repetition_penalty, seed=r.seed,
+                       eos_id=tok.eos_id)
+        return r.prompt + tok.decode(new[0].tolist())
+
+    @classmethod
+    def export_hf(cls, run: LoadedRun, out: Path) -> None:
+        export_llama(run, out)

@@ -16,22 +16,43 @@ the same predictions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from trainlab.config import MLMConfig, RunConfig
+from pydantic import Field, model_validator
+
+from trainlab.config import RunConfig, Section
 from trainlab.data.prepare import Prepared, Windows, eval_starts
 from trainlab.data.tokenizers import HFTokenizer, Tokenizer
 from trainlab.errors import ConfigError
-from trainlab.tasks.base import IGNORE, Batch, Forward, Reduce, TokenMetrics, chunks
+from trainlab.tasks.base import IGNORE, Batch, Forward, GenerationRequest, LoadedRun, Reduce, TokenMetrics, chunks
 from trainlab.tasks.causal_lm import TokenTask, lm_loss
 
 MASK_TOKEN = "[MASK]"
 TRAIN_STREAM, VAL_STREAM = 1, 2  # separate random streams for training and validation masking
 VAL_SEED = 0  # validation masking does not depend on train.seed
+
+
+class MLMConfig(Section):
+    """Masking of the masked LM (task masked_lm)."""
+
+    mask_prob: float = Field(0.15, gt=0.0, lt=1.0)
+    """Share of each sequence's positions the masked LM predicts (BERT's 15%), rounded, at least one."""
+    mask_fraction: float = Field(0.8, ge=0.0, le=1.0)
+    """Of the predicted positions, the share whose input becomes [MASK]."""
+    random_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    """Of the predicted positions, the share whose input becomes a random token; the rest stay unchanged."""
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> "MLMConfig":
+        if self.mask_fraction + self.random_fraction > 1.0 + 1e-9:
+            raise ValueError(f"mlm.mask_fraction ({self.mask_fraction}) + mlm.random_fraction "
+                             f"({self.random_fraction}) cannot exceed 1")
+        return self
 
 
 def predicted_count(mlm: MLMConfig, seq_len: int) -> int:
@@ -132,6 +153,8 @@ def fill_masks(model: nn.Module, ids: list[int], mask_id: int, top: int = 5) -> 
 
 class MaskedLM(TokenTask):
     name = "masked_lm"
+    sections = {"mlm": MLMConfig}
+    doctor_checks = frozenset({"data"})
 
     def __init__(self, cfg: RunConfig, data: Prepared, device: torch.device, rank: int = 0, world: int = 1):
         super().__init__(cfg, data, device, rank, world)
@@ -167,6 +190,11 @@ class MaskedLM(TokenTask):
     @property
     def examples_per_epoch(self) -> int:
         return self.windows.per_epoch
+
+    @classmethod
+    def example_tokens(cls, cfg: RunConfig) -> tuple[float, float]:
+        """Every position is read; only the masked share is predicted."""
+        return float(cfg.model.seq_len), float(predicted_count(cfg.mlm, cfg.model.seq_len))
 
     def masked_subset(self, tokens: Any, starts: np.ndarray) -> Batch:
         seq_len = self.cfg.model.seq_len
@@ -228,6 +256,25 @@ class MaskedLM(TokenTask):
                 f"({m.mask_fraction:.0%} [MASK], {m.random_fraction:.0%} random, {keep:.0%} unchanged)")
 
 
+    # -- a finished run ----------------------------------------------------------------------------------
+    @classmethod
+    def generate(cls, run: LoadedRun, request: GenerationRequest) -> str:
+        """The prompt, then on a new line the prompt with its [MASK]s filled in (greedy) and the `top_k`
+        (default 5) candidates of each mask."""
+        return request.prompt + "\n" + fill_mask_text(run, request.prompt, request.top_k or 5)
+
+    @classmethod
+    def export_hf(cls, run: LoadedRun, out: Path) -> None:
+        """A BertForMaskedLM directory; a BPE tokenizer.json gains [MASK] with the model's id for it."""
+        from safetensors.torch import save_file
+
+        from trainlab.models.hf import to_bert, write_bert_files
+
+        save_file(to_bert(run.model.state_dict(), run.cfg.model), str(out / "model.safetensors"), metadata={"format": "pt"})
+        write_bert_files(out, run.cfg.model, run.tokenizer, run.run_dir / "tokenizer.json", MASK_TOKEN,
+                         mask_id(run.tokenizer))
+
+
 def mask_id(tokenizer: Tokenizer) -> int:
     """The [MASK] id: the tokenizer's own [MASK] token where it has one (a BERT tokenizer.json given as
     data.tokenizer), else one past its vocabulary."""
@@ -237,3 +284,20 @@ def mask_id(tokenizer: Tokenizer) -> int:
             return own
     return tokenizer.vocab_size
 
+
+def fill_mask_text(run: LoadedRun, prompt: str, top: int = 5) -> str:
+    """A masked LM's answer to a prompt holding [MASK]s: the prompt with each filled by its most likely
+    token, then each mask's `top` candidates with their probabilities."""
+    if MASK_TOKEN not in prompt:
+        raise ConfigError(f"this run is a masked LM: put {MASK_TOKEN} where --prompt should be filled in, "
+                          f"e.g. --prompt \"To be, or not to {MASK_TOKEN}\"")
+    tok, mask = run.tokenizer, mask_id(run.tokenizer)
+    ids = encode_with_masks(tok, prompt, mask)
+    if len(ids) > run.cfg.model.seq_len:
+        raise ConfigError(f"--prompt is {len(ids)} tokens; this model reads at most model.seq_len="
+                          f"{run.cfg.model.seq_len}")
+    filled, candidates = fill_masks(run.model, ids, mask, top)
+    lines = [tok.decode(filled)]
+    for k, options in enumerate(candidates, 1):
+        lines.append(f"{MASK_TOKEN} {k}: " + " | ".join(f"{tok.decode([i])!r} {p:.3f}" for i, p in options))
+    return "\n".join(lines)

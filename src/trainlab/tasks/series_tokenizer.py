@@ -17,9 +17,51 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainlab.config import RunConfig, build_config
+from pydantic import Field
+
+from trainlab.config import RunConfig, Section
 from trainlab.data import series
-from trainlab.tasks.base import Batch, Forward, Reduce, Task, chunks
+from trainlab.data.prepare import EpochOrder
+from trainlab.tasks.base import Batch, Forward, GenerationRequest, LoadedRun, Reduce, Task, chunks
+
+
+class SeriesConfig(Section):
+    """Candle windows and the quantiser of the series tokenizer (task series_tokenizer)."""
+
+    lookback: int = Field(90, ge=2)
+    """Time steps of context in a window; they alone set the window's normalisation."""
+    pred_len: int = Field(10, ge=0)
+    """Time steps after the lookback in a window (normalised with the lookback's statistics)."""
+    features: list[str] = Field(default_factory=lambda: ["open", "high", "low", "close", "volume", "amount"])
+    """CSV columns the tokenizer encodes (amount is left out when a CSV has none)."""
+    clip: float = Field(5.0, gt=0)
+    """Normalised values are clipped to +-clip."""
+    stride: int = Field(1, ge=1)
+    """Steps between the starts of consecutive windows."""
+    s1_bits: int = Field(10, ge=1, le=30)
+    """Coarse bits per time step (binary spherical quantisation, first level)."""
+    s2_bits: int = Field(10, ge=0, le=30)
+    """Fine bits per time step (second level)."""
+    commit_weight: float = Field(0.05, ge=0)
+    """Weight of the commitment term (distance between encoding and its code)."""
+    entropy_weight: float = Field(0.05, ge=0)
+    """Weight of the entropy terms: per-sample entropy minus diversity_gamma x codebook entropy. The
+    codebook term is subtracted, so the quantiser loss (and the total) can go negative."""
+    diversity_gamma: float = Field(1.0, ge=0)
+    """How strongly codebook usage is rewarded against per-sample confidence."""
+    group_bits: int = Field(4, ge=1, le=8)
+    """Bits per group in the factorised soft entropy (2^group_bits codes per group)."""
+    noise_std: float = Field(0.0, ge=0)
+    """Augmentation: Gaussian noise (normalised units) on training inputs."""
+    feature_dropout: float = Field(0.0, ge=0, lt=1)
+    """Augmentation: probability of zeroing a feature's column in a training input."""
+    time_shift: int = Field(0, ge=0)
+    """Augmentation: training windows start up to this many steps earlier or later."""
+
+    @property
+    def window(self) -> int:
+        return self.lookback + self.pred_len
+
 
 
 def uniform_bits(total_bits: int, n_features: int) -> list[int]:
@@ -42,10 +84,12 @@ def uniform_quantise(x: np.ndarray | torch.Tensor, bits: list[int], clip: float)
 
 class SeriesTokenizer(Task):
     name = "series_tokenizer"
+    sections = {"series": SeriesConfig}
 
     def __init__(self, cfg: RunConfig, data: series.SeriesData, device: torch.device, rank: int = 0, world: int = 1):
         super().__init__(cfg, data, device, rank, world)
         self.train_starts = data.starts("train")
+        self.order = EpochOrder(len(self.train_starts), cfg.train.seed)
         val = data.starts("val")
         count = min(len(val), cfg.train.eval_batches * cfg.train.batch_size * world)
         self.val_starts = val[np.linspace(0, len(val) - 1, count).astype(np.int64)]
@@ -57,10 +101,7 @@ class SeriesTokenizer(Task):
 
     @classmethod
     def configure(cls, cfg: RunConfig, data: series.SeriesData) -> RunConfig:
-        tree = cfg.to_dict()
-        tree["model"]["seq_len"] = cfg.series.window
-        tree["series"]["features"] = data.candles.features
-        return build_config(tree)
+        return cfg.updated({"model": {"seq_len": cfg.series.window}, "series": {"features": data.candles.features}})
 
     @classmethod
     def build_model(cls, cfg: RunConfig) -> nn.Module:
@@ -72,9 +113,10 @@ class SeriesTokenizer(Task):
     def examples_per_epoch(self) -> int:
         return len(self.train_starts)
 
-    @property
-    def tokens_per_example(self) -> int:
-        return self.cfg.series.window
+    @classmethod
+    def example_tokens(cls, cfg: RunConfig) -> tuple[float, float]:
+        """Time steps of a window: all of them are reconstructed."""
+        return float(cfg.series.window), float(cfg.series.window)
 
     # -- batches --------------------------------------------------------------------------------------
     def windows(self, starts: np.ndarray) -> np.ndarray:
@@ -82,21 +124,14 @@ class SeriesTokenizer(Task):
         raw = np.stack([self.data.window(int(i)) for i in starts])
         return series.normalise(raw, s.lookback, s.clip)[0].astype(np.float32)
 
-    def _order(self, epoch: int) -> np.ndarray:
-        if getattr(self, "_epoch", None) != epoch:
-            self._perm = np.random.default_rng([self.cfg.train.seed, epoch]).permutation(len(self.train_starts))
-            self._epoch = epoch
-        return self._perm
-
     def batch(self, indices: np.ndarray) -> Batch:
         """Windows in a seeded order per epoch; augmentation drawn from (seed, index) alone, so a resumed
         run sees exactly the batches an uninterrupted one would."""
-        s, n = self.cfg.series, len(self.train_starts)
+        s = self.cfg.series
         starts, rngs = np.empty(len(indices), dtype=np.int64), []
-        for j, i in enumerate(indices):
-            epoch, pos = divmod(int(i), n)
+        for j, (i, which) in enumerate(zip(indices, self.order.ids(indices))):
             rng = np.random.default_rng([self.cfg.train.seed, int(i), 1])
-            start = int(self.train_starts[self._order(epoch)[pos]])
+            start = int(self.train_starts[which])
             if s.time_shift:
                 start = int(np.clip(start + rng.integers(-s.time_shift, s.time_shift + 1), 0, self.data.split - s.window))
             starts[j] = start
@@ -169,6 +204,15 @@ class SeriesTokenizer(Task):
             {"source": str(c.path), "features": c.features, "rows": len(c.values), "first_val_row": self.data.split,
              "train_windows": len(self.train_starts), "val_windows": len(self.data.starts("val"))}, indent=1))
 
+    @classmethod
+    def generate(cls, run: LoadedRun, request: GenerationRequest) -> str:
+        """A validation window reconstructed through the codes (`--seed` picks the window), against uniform
+        quantisation at the same bits, and its plot."""
+        r = reconstruct(run, index=request.seed or 0)
+        plot = f"plot: {r['plot']}" if r["plot"] else "plot: skipped, matplotlib is missing (pip install 'trainlab[plots]')"
+        return (f"validation window from {r['window_start']}: reconstruction mse {r['mse']:.4f} (normalised units), "
+                f"uniform scalar quantisation at the same bits {r['mse_uniform']:.4f}\n{plot}")
+
     def describe(self) -> str:
         c = self.data.candles
         return (f"{len(c.values):,} rows x {len(c.features)} features ({', '.join(c.features)}) | "
@@ -176,16 +220,9 @@ class SeriesTokenizer(Task):
                 f"{self.cfg.series.window} steps")
 
 
-def reconstruct(run_dir: Path, index: int = 0, out: Path | None = None) -> dict[str, Any]:
-    """Reconstruct validation window `index` of a series run and plot it against the real candles."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from trainlab.inference import load_run
-
-    run = load_run(run_dir)
+def reconstruct(run: LoadedRun, index: int = 0, out: Path | None = None) -> dict[str, Any]:
+    """Reconstruct validation window `index` of a series run; with matplotlib (the `plots` extra), plot it
+    against the real candles (`plot` is None without it)."""
     cfg, s = run.cfg, run.cfg.series
     data = series.load(cfg.data, s)
     starts = data.starts("val")
@@ -196,22 +233,36 @@ def reconstruct(run_dir: Path, index: int = 0, out: Path | None = None) -> dict[
         _, full, _, _ = run.model(torch.from_numpy(norm.astype(np.float32))[None])
     rec = full[0].double().numpy()
     mse = float(((rec - norm) ** 2).mean())
-    back = rec * std + mean
-    close = data.candles.features.index("close") if "close" in data.candles.features else 0
-    out = Path(out or Path(run_dir) / f"reconstruction-{start}.png")
+    uniform = uniform_quantise(norm, uniform_bits(s.s1_bits + s.s2_bits, data.n_features), s.clip)
+    result = {"plot": None, "window_start": data.candles.timestamps[start], "mse": mse,
+              "mse_uniform": float(((uniform - norm) ** 2).mean())}
+    try:
+        import matplotlib
+    except ImportError:
+        return result
+    matplotlib.use("Agg")
+    out = Path(out or run.run_dir / f"reconstruction-{start}.png")
+    _plot_reconstruction(data, raw, rec * std + mean, s.lookback, f"validation window from "
+                         f"{data.candles.timestamps[start]} (mse {mse:.4f}, normalised)", out)
+    return {**result, "plot": str(out)}
+
+
+def _plot_reconstruction(data: series.SeriesData, raw: np.ndarray, back: np.ndarray, lookback: int, title: str,
+                         out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    features = data.candles.features
+    close = features.index("close") if "close" in features else 0
     fig, ax = plt.subplots(figsize=(9, 4))
     t = np.arange(len(raw))
     ax.plot(t, raw[:, close], label="real close", color="black")
     ax.plot(t, back[:, close], label="reconstructed close", color="tab:orange")
-    if {"high", "low"} <= set(data.candles.features):
-        hi, lo = data.candles.features.index("high"), data.candles.features.index("low")
+    if {"high", "low"} <= set(features):
+        hi, lo = features.index("high"), features.index("low")
         ax.fill_between(t, raw[:, lo], raw[:, hi], color="grey", alpha=0.25, label="real low-high")
-    ax.axvline(s.lookback - 0.5, color="grey", linestyle=":", label="end of lookback")
-    ax.set_title(f"validation window from {data.candles.timestamps[start]} (mse {mse:.4f}, normalised)")
+    ax.axvline(lookback - 0.5, color="grey", linestyle=":", label="end of lookback")
+    ax.set_title(title)
     ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
-    return {"plot": str(out), "window_start": data.candles.timestamps[start], "mse": mse,
-            "mse_uniform": float(((uniform_quantise(norm, uniform_bits(s.s1_bits + s.s2_bits, data.n_features), s.clip)
-                                   - norm) ** 2).mean())}

@@ -10,6 +10,7 @@ load-balancing term) is the response-only cross entropy unchanged.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -18,13 +19,33 @@ import torch
 import yaml
 from torch import nn
 
-from trainlab.config import RunConfig
+from pydantic import Field
+
+from trainlab.config import RunConfig, Section
+from trainlab.data.prepare import EpochOrder
 from trainlab.data.sft import Examples, SFTData, Template, prepare_sft
 from trainlab.errors import ConfigError
-from trainlab.tasks.base import IGNORE, Batch, Forward, Reduce, TokenMetrics, chunks
-from trainlab.tasks.causal_lm import TokenTask, gpt_loss
+from trainlab.tasks.base import IGNORE, Batch, Forward, GenerationRequest, LoadedRun, Reduce, TokenMetrics, chunks
+from trainlab.tasks.causal_lm import TokenTask, export_llama, gpt_loss
 
 PAD_MULTIPLE = 8
+
+
+class SFTConfig(Section):
+    """Instruction fine-tuning (task sft): the chat template."""
+
+    system: str = "<|system|>\n"
+    """Chat template: text before a system message."""
+    user: str = "<|user|>\n"
+    """Chat template: text before a user message."""
+    assistant: str = "<|assistant|>\n"
+    """Chat template: text before an assistant message (the prompt of a generation ends with it)."""
+    turn_end: str = "\n"
+    """Chat template: text after a system or user message."""
+    end: str = Field("<|end|>", min_length=1)
+    """Chat template: the end marker after each assistant message; trained on, and generation stops there."""
+    eval_at_start: bool = True
+    """Evaluate once at step 0, before any update, so the run records the loss it started from."""
 
 
 def collate(examples: list[tuple[np.ndarray, np.ndarray]], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +66,7 @@ def reply(model: nn.Module, template: Template, prompt_ids: np.ndarray, max_new_
           temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
           seed: Optional[int] = None) -> str:
     """The answer to a prompt rendered with the template, up to (not including) the end marker."""
-    from trainlab.generate import generate
+    from trainlab.models.generate import generate
 
     device = next(model.parameters()).device
     x = torch.as_tensor(np.asarray(prompt_ids, dtype=np.int64))[None].to(device)
@@ -74,13 +95,15 @@ def init_vocab_size(init_from: str) -> Optional[int]:
 
 class SFT(TokenTask):
     name = "sft"
+    sections = {"sft": SFTConfig}
+    doctor_checks = frozenset({"samples"})
     data: SFTData
 
     def __init__(self, cfg: RunConfig, data: SFTData, device: torch.device, rank: int = 0, world: int = 1):
         super().__init__(cfg, data, device, rank, world)
         # the fixed validation subset: the first eval_batches global batches of held-out examples
         self.val_indices = np.arange(min(len(data.val), cfg.train.eval_batches * cfg.train.batch_size * world))
-        self._epoch: Optional[int] = None
+        self._order = EpochOrder(len(data.train), cfg.train.seed)
 
     @classmethod
     def prepare(cls, cfg: RunConfig, log: Callable[[str], None] = print) -> SFTData:
@@ -113,10 +136,19 @@ class SFT(TokenTask):
         return len(self.data.train)
 
     @property
-    def tokens_per_example(self) -> int:
-        """Mean predicted positions of a training example (batches are padded to their longest)."""
+    def tokens_per_example(self) -> float:
+        """Mean input positions of a training example: its length less the last token (batches are padded to
+        their longest, and padding is not counted)."""
         lengths = np.diff(self.data.train.offsets) - 1
-        return max(int(round(float(lengths.mean()))), 1)
+        return max(float(lengths.mean()), 1.0)
+
+    @property
+    def loss_tokens_per_example(self) -> float:
+        """Mean response tokens of a training example: the targets the loss counts."""
+        examples = self.data.train
+        starts = examples.offsets[:-1]
+        targets = np.add.reduceat(examples.mask.astype(np.int64), starts) - examples.mask[starts]
+        return float(targets.mean())
 
     @property
     def eval_at_start(self) -> bool:
@@ -124,15 +156,7 @@ class SFT(TokenTask):
 
     def order(self, indices: np.ndarray) -> np.ndarray:
         """Example ids at these global indices: a fresh permutation per epoch, a pure function of (seed, index)."""
-        n = len(self.data.train)
-        out = np.empty(len(indices), dtype=np.int64)
-        for j, i in enumerate(indices):
-            epoch, pos = divmod(int(i), n)
-            if self._epoch != epoch:
-                self._perm = np.random.default_rng([self.cfg.train.seed, epoch]).permutation(n)
-                self._epoch = epoch
-            out[j] = self._perm[pos]
-        return out
+        return self._order.ids(indices)
 
     def batch(self, indices: np.ndarray) -> Batch:
         inputs, targets = collate([self.data.train.get(i) for i in self.order(indices)], self.cfg.model.seq_len)
@@ -172,3 +196,41 @@ class SFT(TokenTask):
         meta = self.data.meta
         return (f"train {meta['train']['examples']:,} examples ({meta['train']['response_tokens']:,} response tokens), "
                 f"val {meta['val']['examples']:,} examples")
+
+    # -- a finished run ----------------------------------------------------------------------------------
+    @classmethod
+    def generate(cls, run: LoadedRun, request: GenerationRequest) -> str:
+        """The answer: the prompt wrapped in the run's chat template, generation stopped at its end marker."""
+        r = request
+        template = Template(run.cfg.sft, run.tokenizer)
+        answer = reply(run.model, template, template.prompt(r.prompt), r.max_new_tokens, r.temperature, r.top_k,
+                       r.top_p, r.repetition_penalty, r.seed)
+        return r.prompt + "\n" + answer
+
+    @classmethod
+    def eval_config(cls, cfg: RunConfig, run_dir: Path, data_path: Optional[Path]) -> RunConfig:
+        """Always the run's own tokenizer: init_from mattered only when training started."""
+        tree: dict[str, Any] = {"data": {"tokenizer": str(Path(run_dir) / "tokenizer.json")}, "init_from": None}
+        if data_path is not None:
+            tree["data"]["source"] = str(data_path)
+        return cfg.updated(tree)
+
+    @classmethod
+    def export_hf(cls, run: LoadedRun, out: Path) -> None:
+        export_llama(run, out, chat_template(run.cfg.sft), stop_strings=[run.cfg.sft.end])
+
+
+def chat_template(sft: SFTConfig) -> str:
+    """The run's SFT template as the Jinja chat template transformers' `apply_chat_template` renders: the
+    same text trainlab trains on (role prefix, content, turn end; answers close with the end marker), and
+    with `add_generation_prompt` the assistant prefix a generation starts from."""
+    lit = json.dumps  # a JSON string is a valid Jinja string literal
+    prefix = "{" + ", ".join(f"{lit(role)}: {lit(getattr(sft, role))}" for role in ("system", "user")) + "}"
+    return (f"{{%- set prefix = {prefix} -%}}"
+            "{%- for m in messages -%}"
+            f"{{%- if m['role'] == 'assistant' -%}}{{{{ {lit(sft.assistant)} }}}}{{{{ m['content'] }}}}"
+            f"{{{{ {lit(sft.end)} }}}}"
+            "{%- else -%}{{ prefix[m['role']] }}{{ m['content'] }}{%- endif -%}"
+            f"{{{{ {lit(sft.turn_end)} }}}}"
+            "{%- endfor -%}"
+            f"{{%- if add_generation_prompt -%}}{{{{ {lit(sft.assistant)} }}}}{{%- endif -%}}")

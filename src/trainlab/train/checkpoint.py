@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -18,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from trainlab.errors import CheckpointError
-from trainlab.files import sha256_file
+from trainlab.files import atomic_symlink, atomic_write, sha256_file, staged_dir
 
 SCHEMA_VERSION = 1
 STEP_PREFIX = "step-"
@@ -36,14 +35,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _symlink(link: Path, target: str) -> None:
-    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
-
-
 class CheckpointManager:
     def __init__(self, root: Path, keep_last: int = 2, save_top_k: int = 1, log: Callable[[str], None] = print):
         self.root = Path(root)
@@ -54,38 +45,34 @@ class CheckpointManager:
              meta: dict[str, Any], val_loss: Optional[float] = None) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / step_dir_name(step)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.root))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is as readable as the run
         try:
-            weights = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
-            save_file(weights, tmp / "model.safetensors")
-            torch.save(train_state, tmp / "state.pt")
-            files = {}
-            for name in ("model.safetensors", "state.pt"):
-                _fsync(tmp / name)
-                files[name] = sha256_file(tmp / name)
-            full_meta = {"schema_version": SCHEMA_VERSION, "step": step, "val_loss": val_loss, "files": files, **meta}
-            meta_tmp = tmp / "meta.json.tmp"
-            meta_tmp.write_text(json.dumps(full_meta, indent=1))
-            _fsync(meta_tmp)
-            os.replace(meta_tmp, tmp / "meta.json")
-            if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
-                shutil.rmtree(final)
-            os.rename(tmp, final)
+            # a re-save of the same step (e.g. after a resume) replaces it
+            with staged_dir(final, replace=True) as tmp:
+                self._write(tmp, step, model_state, train_state, meta, val_loss)
         except OSError as err:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise CheckpointError(f"could not write checkpoint {final}: {err.strerror or err}; "
                                   f"earlier checkpoints are intact") from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        _symlink(self.root / "last", final.name)
+        atomic_symlink(self.root / "last", final.name)
         if val_loss is not None:
             best = self.best_meta()
             if best is None or best.get("val_loss") is None or val_loss < best["val_loss"]:
-                _symlink(self.root / "best", final.name)
+                atomic_symlink(self.root / "best", final.name)
         self.prune()
         return final
+
+    @staticmethod
+    def _write(folder: Path, step: int, model_state: dict[str, torch.Tensor], train_state: dict[str, Any],
+               meta: dict[str, Any], val_loss: Optional[float]) -> None:
+        """Tensors and state, each fsynced, then meta.json with their checksums, written last."""
+        weights = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
+        save_file(weights, folder / "model.safetensors")
+        torch.save(train_state, folder / "state.pt")
+        files = {}
+        for name in ("model.safetensors", "state.pt"):
+            _fsync(folder / name)
+            files[name] = sha256_file(folder / name)
+        full_meta = {"schema_version": SCHEMA_VERSION, "step": step, "val_loss": val_loss, "files": files, **meta}
+        atomic_write(folder / "meta.json", json.dumps(full_meta, indent=1), fsync=True)
 
     def prune(self) -> None:
         steps = self.valid_steps()

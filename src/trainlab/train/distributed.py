@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -58,26 +57,3 @@ def all_reduce(t: torch.Tensor, d: Dist, op: str = "sum") -> torch.Tensor:
     if d.active:
         dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
     return t
-
-
-class NullSink:
-    """What ranks other than 0 write to: nothing."""
-
-    def write(self, row: dict[str, Any]) -> None:
-        pass
-
-    def truncate_after(self, step: int, keep_events: bool = False) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class QuietConsole(NullSink):
-    last_val = None
-
-    def print(self, text: str) -> None:
-        pass
-
-    def update(self, row: dict[str, Any], fraction: float) -> None:
-        pass

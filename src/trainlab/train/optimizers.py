@@ -23,7 +23,7 @@ from typing import Any, Optional
 import torch
 
 from trainlab.errors import ConfigError
-from trainlab.train.hardware import fast_bf16
+from trainlab.hardware import fast_bf16
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic iteration's (a, b, c), as in torch and Keller's Muon
 NS_STEPS = 5

@@ -14,21 +14,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
-import yaml
-
-from trainlab.monitor.sinks import truncate_after
-
-from trainlab import __version__
-from trainlab.config import RunConfig, build_config
+from trainlab import __version__, hardware
+from trainlab.config import RunConfig
 from trainlab.errors import ConfigError, TrainlabError
-
-RUN_FILES = ("config.yaml", "env.json", "metrics.jsonl", "samples.jsonl", "tokenizer.json",
-             "diagnosis.json", "report.html")
-RUN_DIRS = ("checkpoints", "tb")
-
-
-def holds_run(run_dir: Path) -> bool:
-    return any((run_dir / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints"))
+from trainlab.files import atomic_write
+from trainlab.monitor.sinks import truncate_after
+from trainlab.rundir import CONFIG, RUN_DIRS, RUN_FILES, holds_run, is_foreign, saved_config
+from trainlab.tasks import task_class
+from trainlab.train import distributed
+from trainlab.train.checkpoint import CheckpointManager
+from trainlab.train.trainer import Trainer
 
 
 def new_run_dir(preset: Optional[str]) -> Path:
@@ -76,8 +71,6 @@ def write_env(run_dir: Path, extra: dict) -> None:
     import numpy
     import torch
 
-    from trainlab.train import hardware
-
     env = {"trainlab": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
            "numpy": numpy.__version__, "command": sys.argv, "cwd": os.getcwd(), "git_commit": git_commit(),
            "hardware": hardware.describe(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
@@ -85,15 +78,16 @@ def write_env(run_dir: Path, extra: dict) -> None:
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, fresh: bool) -> None:
-    """Check the run directory against the flags; writes nothing."""
+    """Check the run directory against the flags; writes nothing. `--resume` continues whatever there is to
+    continue and otherwise starts; it refuses only a folder that is not a run directory at all."""
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainlabError(f"--run-dir '{run_dir}' is a file; give a directory")
-    if run_dir.exists() and holds_run(run_dir):
-        if not (resume or fresh):
-            raise TrainlabError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it "
-                                f"or --fresh to start over")
-    elif resume:
-        raise TrainlabError(f"--resume given but '{run_dir}' holds no run to resume; drop --resume")
+    if resume and is_foreign(run_dir):
+        raise TrainlabError(f"--resume given but '{run_dir}' holds files that are not a trainlab run; "
+                            f"give another --run-dir")
+    if holds_run(run_dir) and not (resume or fresh):
+        raise TrainlabError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it "
+                            f"or --fresh to start over")
 
 
 def clear_run(run_dir: Path) -> None:
@@ -101,13 +95,6 @@ def clear_run(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
     for name in RUN_DIRS:
         shutil.rmtree(run_dir / name, ignore_errors=True)
-
-
-def saved_config(run_dir: Path) -> dict:
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        raise TrainlabError(f"run directory '{run_dir}' has no config.yaml")
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
 def check_resume_compatible(saved: RunConfig, new: RunConfig, run_dir: Path) -> None:
@@ -127,36 +114,28 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, fresh: bool = Fal
     """Check everything, then train. Bad input is found before anything is written or removed.
 
     Under torchrun every process runs this; rank 0 alone checks and writes the run directory."""
-    from trainlab.tasks import task_class
-    from trainlab.train import distributed, hardware
-
     dist = distributed.from_env()
     distributed.init(dist, hardware.resolve_device(cfg.train.device).type)
     if not dist.main:
         log = lambda s: None  # noqa: E731
     try:
-        return _train(cfg, run_dir, resume, fresh, log, on_eval, dist, task_class(cfg.task))
+        return _train(cfg, Path(run_dir), resume, fresh, log, on_eval, dist)
     finally:
         distributed.shutdown(dist)
 
 
-def _train(cfg, run_dir, resume, fresh, log, on_eval, dist, task) -> dict:
-    from trainlab.train import distributed
-
+def _train(cfg, run_dir: Path, resume: bool, fresh: bool, log, on_eval, dist) -> dict:
+    task = task_class(cfg.task)
     if dist.main:
         prepare_run_dir(run_dir, resume, fresh)
-        if resume:
-            check_resume_compatible(build_config(saved_config(run_dir)), cfg, run_dir)
+        if resume and (run_dir / CONFIG).exists():
+            check_resume_compatible(saved_config(run_dir), cfg, run_dir)
         data = task.prepare(cfg, log=log)
     distributed.barrier(dist)  # the others find the data cache ready
     if not dist.main:
         data = task.prepare(cfg, log=log)
     cfg = task.configure(cfg, data)
-    if cfg.init_from:
-        init_weights = load_init_weights(cfg.init_from)
-
-    from trainlab.train.trainer import Trainer
-
+    init_weights = load_init_weights(cfg.init_from) if cfg.init_from else None
     if cfg.train.threads:
         import torch
 
@@ -168,40 +147,10 @@ def _train(cfg, run_dir, resume, fresh, log, on_eval, dist, task) -> dict:
     distributed.barrier(dist)
     try:
         with (run_lock(run_dir) if dist.main else contextlib.nullcontext()):
-            trainer = Trainer(cfg, data, run_dir, log=log, dist=dist)
+            trainer = _open_trainer(cfg, data, run_dir, resume, init_weights, log, dist)
             trainer.on_eval = on_eval
-            if resume:
-                trainer.task.check_resume(run_dir)
-            resumed = trainer.resume() if resume else False
-            if resume and not resumed:
-                log(f"warning: '{run_dir}' has no intact checkpoint; starting from step 0")
-            distributed.barrier(dist)
-            if not resumed and cfg.init_from:  # every process, so all start from the same weights
-                try:
-                    trainer.load_model_state(init_weights)
-                except (ValueError, RuntimeError):
-                    hint = ""
-                    if any(".q_norm." in k for k in init_weights) != cfg.model.qk_norm:
-                        hint = f"; set model.qk_norm={str(not cfg.model.qk_norm).lower()} as its source has"
-                    raise ConfigError(f"init_from '{cfg.init_from}': its weights do not fit this model's shape{hint}") from None
-            if dist.main and not resumed:
-                clear_run(run_dir)
-                (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-                trainer.task.save_files(run_dir)
-            elif dist.main:
-                truncate_after(run_dir / "metrics.jsonl", trainer.progress.step)
-                truncate_after(run_dir / "samples.jsonl", trainer.progress.step)
-            if dist.main:
-                write_env(run_dir, {"device": str(trainer.device), "precision": trainer.precision,
-                                    "data_cache": str(getattr(data, "directory", "")), "world_size": dist.world})
-            distributed.barrier(dist)
-            log(f"run {run_dir} | {cfg.task} | {trainer.model.num_params() / 1e6:.2f}M parameters | device "
-                f"{trainer.device} | precision {trainer.precision} | vocab {cfg.model.vocab_size}")
-            log(f"{trainer.task.describe()} | effective batch "
-                f"{cfg.train.batch_size} x {cfg.train.grad_accum} x {trainer.task.tokens_per_example}"
-                + (f" x {dist.world} processes" if dist.active else "") + f" = {trainer.tokens_per_step:,} tokens/step")
             started = True
-            result = trainer.fit(resumed=resumed)
+            result = trainer.fit(resumed=trainer.resumed)
     except TrainlabError:
         if created and not started:  # bad input found before training: leave nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -210,16 +159,56 @@ def _train(cfg, run_dir, resume, fresh, log, on_eval, dist, task) -> dict:
     return result
 
 
+def _open_trainer(cfg: RunConfig, data, run_dir: Path, resume: bool, init_weights: Optional[dict], log,
+                  dist) -> Trainer:
+    """The trainer, continued from the newest intact checkpoint when resuming, with the run directory's
+    files written (a start) or cut back to the checkpoint's step (a resume)."""
+    trainer = Trainer(cfg, data, run_dir, log=log, dist=dist)
+    if resume and (run_dir / CONFIG).exists():
+        trainer.task.check_resume(run_dir)
+    trainer.resumed = trainer.resume() if resume else False
+    if resume and not trainer.resumed:
+        log(f"--resume: '{run_dir}' has no intact checkpoint yet; starting from step 0")
+    distributed.barrier(dist)
+    if not trainer.resumed and init_weights is not None:  # every process, so all start from the same weights
+        _load_init(trainer, cfg, init_weights)
+    if dist.main and not trainer.resumed:
+        clear_run(run_dir)
+        atomic_write(run_dir / CONFIG, cfg.to_yaml())  # a kill leaves it whole or absent, never empty
+        trainer.task.save_files(run_dir)
+    elif dist.main:
+        truncate_after(run_dir / "metrics.jsonl", trainer.progress.step)
+        truncate_after(run_dir / "samples.jsonl", trainer.progress.step)
+    if dist.main:
+        write_env(run_dir, {"device": str(trainer.device), "precision": trainer.precision,
+                            "data_cache": str(getattr(data, "directory", "")), "world_size": dist.world})
+    distributed.barrier(dist)
+    log(f"run {run_dir} | {cfg.task} | {trainer.model.num_params() / 1e6:.2f}M parameters | device "
+        f"{trainer.device} | precision {trainer.precision} | vocab {cfg.model.vocab_size}")
+    log(f"{trainer.task.describe()} | effective batch "
+        f"{cfg.train.batch_size} x {cfg.train.grad_accum} x {trainer.task.tokens_per_example:g}"
+        + (f" x {dist.world} processes" if dist.active else "") + f" = {trainer.tokens_per_step:,} tokens/step")
+    return trainer
+
+
+def _load_init(trainer: Trainer, cfg: RunConfig, weights: dict) -> None:
+    try:
+        trainer.load_model_state(weights)
+    except (ValueError, RuntimeError):
+        hint = ""
+        if any(".q_norm." in k for k in weights) != cfg.model.qk_norm:
+            hint = f"; set model.qk_norm={str(not cfg.model.qk_norm).lower()} as its source has"
+        raise ConfigError(f"init_from '{cfg.init_from}': its weights do not fit this model's shape{hint}") from None
+
+
 def load_init_weights(source: str) -> dict:
     """The best (else newest intact) weights of another run, or of a local transformers directory of a
     Llama- or Qwen3-architecture (causal LM) or BERT-architecture (masked LM) model, to start a new run from."""
-    from trainlab.train.checkpoint import CheckpointManager
-
     src = Path(source)
     if not src.is_dir():
         raise TrainlabError(f"init_from '{source}' is not a run directory")
     if (src / "config.json").exists() and not (src / "checkpoints").exists():
-        from trainlab.export import load_transformers_dir
+        from trainlab.models.hf import load_transformers_dir
 
         return load_transformers_dir(src)
     manager = CheckpointManager(src / "checkpoints", log=lambda s: None)

@@ -1,4 +1,9 @@
-"""The trainer: small methods around one loop, with an explicit state_dict for exact resume."""
+"""The trainer: small methods around one loop, with an explicit state_dict for exact resume.
+
+`train_step` does one optimizer step (micro-batches, clipping, the guards' verdict); `fit` repeats it
+until a budget (`train/budget.py`) is spent, writing rows, evaluating, checkpointing and answering
+signals on the way. The guards (`train/guards.py`) skip bad steps and roll back.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +19,18 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from trainlab import hardware
 from trainlab.config import RunConfig
-from trainlab.monitor.sinks import Console, JsonlSink, TensorBoardSink
+from trainlab.monitor.sinks import Sinks
 from trainlab.tasks import task_class
-from trainlab.train import distributed, hardware
+from trainlab.train import distributed, guards
+from trainlab.train.budget import Pace, StepSize, total_steps
 from trainlab.train.checkpoint import CheckpointManager
+from trainlab.train.guards import Diverged
 from trainlab.train.optimizers import build_optimizer
 from trainlab.train.schedules import lr_multiplier
+
+__all__ = ["Diverged", "Progress", "Trainer", "val_summary"]
 
 
 @dataclass
@@ -39,16 +49,18 @@ class Progress:
     recent_losses: list = field(default_factory=list)  # for the spike guard's running median
 
 
-class Diverged(Exception):
-    """The guards rolled back more often than guard.max_rollbacks allows."""
+@dataclass
+class Window:
+    """Tokens and wall time since the last train row, for its tokens/s (evaluations and checkpoints excluded)."""
 
+    tokens: int = 0
+    start: float = field(default_factory=time.perf_counter)
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
+    def reset(self, now: Optional[float] = None) -> None:
+        self.tokens, self.start = 0, time.perf_counter() if now is None else now
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    def rate(self, now: float) -> float:
+        return self.tokens / max(now - self.start, 1e-9)
 
 
 def val_summary(val: dict[str, float]) -> str:
@@ -78,14 +90,11 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.task = task_class(cfg.task)(cfg, data, self.device, dist.rank, dist.world)
         self.model = self.task.build_model(cfg).to(self.device)
-        if hasattr(self.model, "use_attention"):
-            self.attention = hardware.attention_kernel(cfg.model.attention, self.device, self.precision,
-                                                       cfg.model.seq_len)
-            self.model.use_attention(self.attention)
+        self.attention = hardware.attention_kernel(cfg.model.attention, self.device, self.precision, cfg.model.seq_len)
+        self.model.use_attention(self.attention)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
-        self.train_forward = self.forward
+        self.forward = self.train_forward = torch.compile(self.model) if cfg.train.compile else self.model
         if dist.active:  # gradients averaged across processes; each process sees its share of the batch
             from torch.nn.parallel import DistributedDataParallel
 
@@ -93,52 +102,30 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
             self.train_forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
             torch.manual_seed(cfg.train.seed + dist.rank)  # distinct dropout masks per process
-        # all processes together
-        self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * self.task.tokens_per_example * dist.world
+        self.step_size = StepSize.of(cfg, self.task.tokens_per_example, self.task.loss_tokens_per_example, dist.world)
+        self.tokens_per_step = self.step_size.tokens  # all processes together
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.checkpoint.keep_last,
                                              cfg.checkpoint.save_top_k, log=log)
         self.progress = Progress()
-        self.total_steps = self._fixed_total_steps()
+        self.total_steps = total_steps(cfg, self.step_size, self.task.examples_per_epoch)
+        self.pace = Pace(self.total_steps, cfg.train.max_seconds)
         self._stop_signal: Optional[int] = None
         # called after each evaluation with (step, metrics); True stops the run ("pruned"), as a tuner asks
         self.on_eval: Optional[Callable[[int, dict[str, Any]], bool]] = None
-        self._warm = False
+        self._warm = self._eval_warm = False
+        self.resumed = False  # set by the run when it continued from a checkpoint
         self._apply_freeze(0)
 
     # -- budgets ------------------------------------------------------------------------------------
-    def _fixed_total_steps(self) -> Optional[int]:
-        t = self.cfg.train
-        per_step = self.tokens_per_step
-        candidates = []
-        if t.max_steps:
-            candidates.append(t.max_steps)
-        if t.max_tokens:
-            candidates.append(math.ceil(t.max_tokens / per_step))
-        if t.epochs:
-            candidates.append(math.ceil(t.epochs * self.task.examples_per_epoch / (t.batch_size * t.grad_accum * self.dist.world)))
-        return min(candidates) if candidates else None
-
     def fraction_done(self) -> float:
-        fractions = [0.0]
-        if self.total_steps:
-            fractions.append(self.progress.step / self.total_steps)
-        if self.cfg.train.max_seconds:
-            fractions.append(self.progress.elapsed_s / self.cfg.train.max_seconds)
-        return max(fractions)
+        return self.pace.fraction_done(self.progress.step, self.progress.elapsed_s)
 
     def schedule_total(self) -> float:
         """Total steps the schedule spans; for a time budget, estimated from the pace so far."""
-        done = self.fraction_done()
-        if self.total_steps and (not self.cfg.train.max_seconds or done == self.progress.step / self.total_steps):
-            return float(self.total_steps)
-        if done <= 0:
-            return float(self.total_steps or 1e12)
-        return max(self.progress.step / done, self.progress.step + 1.0)
+        return self.pace.schedule_total(self.progress.step, self.progress.elapsed_s)
 
     def budget_done(self) -> bool:
-        if self.total_steps is None and not self.cfg.train.max_seconds:
-            return False
-        return self.fraction_done() >= 1.0
+        return self.pace.done(self.progress.step, self.progress.elapsed_s)
 
     # -- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -170,10 +157,7 @@ class Trainer:
         self._apply_freeze(self.progress.step)
 
     def model_state(self) -> dict[str, torch.Tensor]:
-        state = self.model.state_dict()
-        for key in getattr(self.model, "tied_keys", lambda: ())():  # the same tensor as another entry
-            state.pop(key, None)
-        return state
+        return self.model.trainable_state()
 
     def load_model_state(self, weights: dict[str, torch.Tensor]) -> None:
         self.model.load_weights(weights)
@@ -217,15 +201,49 @@ class Trainer:
 
     def train_step(self, lr: Optional[float] = None) -> dict[str, float]:
         """One optimizer step; `lr` overrides the schedule (the LR range test ramps it itself)."""
-        t = self.cfg.train
         step = self.progress.step
-        if step in {int(s) for s in t.unfreeze}:
+        if step in {int(s) for s in self.cfg.train.unfreeze}:
             self._apply_freeze(step)
+        lr = self._set_lr(lr)
+        self.model.train()
+        total_loss, parts, data_s = self._accumulate(step)
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        loss_value = float(total_loss)
+        # fp16: a finite loss with overflowing gradients is the scaler's to handle (it skips the step and
+        # lowers its scale), not a sign of divergence for the guards
+        overflow = self.scaler.is_enabled() and math.isfinite(loss_value) and not math.isfinite(grad_norm)
+        finite = (math.isfinite(loss_value) and math.isfinite(grad_norm)) or overflow
+        spike = finite and not overflow and guards.spikes(self.progress, loss_value, self.cfg.guard)
+        before = [p.detach().clone() for p in params] if (step + 1) % self.cfg.train.log_interval == 0 else None
+        skipped = overflow or guards.skips(finite, spike, self.cfg.guard)
+        if not skipped:
+            self.scaler.step(self.optimizer)
+        clipped = bool(self.cfg.optim.grad_clip > 0 and finite and not overflow and grad_norm > self.cfg.optim.grad_clip)
+        self.progress.clipped_in_window += clipped
+        extra = self._update_norms(params, before) if before is not None else {}
+        guards.record(self.progress, loss_value, finite, spike or overflow, skipped, self.cfg.guard)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.step += 1
+        self.progress.tokens += self.tokens_per_step
+        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "clipped": clipped,
+                "finite": finite, "spike": spike, "overflow": overflow, "data_s": data_s, **extra,
+                "components": {name: float(value) for name, value in parts.items()}}
+
+    def _set_lr(self, lr: Optional[float]) -> float:
         if lr is None:
-            lr = self.cfg.optim.lr * self.lr_scale_now() * lr_multiplier(self.cfg.schedule, step, self.schedule_total())
+            lr = self.cfg.optim.lr * self.lr_scale_now() * lr_multiplier(self.cfg.schedule, self.progress.step,
+                                                                           self.schedule_total())
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        self.model.train()
+        return lr
+
+    def _accumulate(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+        """Forward and backward over the step's micro-batches: (mean loss over processes, components, data time)."""
+        t = self.cfg.train
         total_loss = torch.zeros((), device=self.device)
         parts: dict[str, torch.Tensor] = {}
         data_s = 0.0
@@ -245,68 +263,31 @@ class Trainer:
                 parts[name] = parts.get(name, 0.0) + value.float() / t.grad_accum
         if self.dist.active:  # the loss every process logs and guards on: the mean over processes
             total_loss = distributed.all_reduce(total_loss, self.dist) / self.dist.world
-        self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        loss_value = float(total_loss)
-        finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
-        spike = finite and self._is_spike(loss_value)
-        log_step = (step + 1) % t.log_interval == 0
-        before = [p.detach().clone() for p in params] if log_step else None
-        if spike or (not finite and self.cfg.guard.skip_nonfinite):
-            self.progress.skipped_steps += 1
-        else:
-            self.scaler.step(self.optimizer)
-        clipped = bool(self.cfg.optim.grad_clip > 0 and finite and grad_norm > self.cfg.optim.grad_clip)
-        self.progress.clipped_in_window += clipped
-        extra: dict[str, float] = {}
-        if before is not None:
-            with torch.no_grad():
-                weight_sq = sum(float(p.float().pow(2).sum()) for p in params)
-                update_sq = sum(float((p.float() - b.float()).pow(2).sum()) for p, b in zip(params, before))
-            extra = {"weight_norm": math.sqrt(weight_sq), "update_ratio": math.sqrt(update_sq / max(weight_sq, 1e-30))}
-        self.progress.nonfinite_streak = 0 if finite else self.progress.nonfinite_streak + 1
-        if finite and not spike:
-            self.progress.recent_losses = (self.progress.recent_losses + [loss_value])[-self.cfg.guard.spike_window:]
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.progress.step += 1
-        self.progress.tokens += self.tokens_per_step
-        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "clipped": clipped,
-                "finite": finite, "spike": spike, "data_s": data_s, **extra,
-                "components": {name: float(value) for name, value in parts.items()}}
+        return total_loss, parts, data_s
+
+    @staticmethod
+    @torch.no_grad()
+    def _update_norms(params: list[torch.Tensor], before: list[torch.Tensor]) -> dict[str, float]:
+        weight_sq = sum(float(p.float().pow(2).sum()) for p in params)
+        update_sq = sum(float((p.float() - b.float()).pow(2).sum()) for p, b in zip(params, before))
+        return {"weight_norm": math.sqrt(weight_sq), "update_ratio": math.sqrt(update_sq / max(weight_sq, 1e-30))}
 
     def lr_scale_now(self) -> float:
         """The guards' lr factor: lowered at a rollback, back to 1 over guard.lr_recovery_steps."""
-        p, recovery = self.progress, self.cfg.guard.lr_recovery_steps
-        if p.lr_scale >= 1.0 or recovery == 0:
-            return p.lr_scale
-        return p.lr_scale + (1.0 - p.lr_scale) * min((p.step - p.rollback_step) / recovery, 1.0)
-
-    def _is_spike(self, loss: float) -> bool:
-        history = self.progress.recent_losses
-        if len(history) < max(self.cfg.guard.spike_window // 2, 5):
-            return False
-        # above spike_factor x the median; measured from the median with a scale that stays meaningful when a
-        # loss can be negative (a series tokenizer's entropy reward) or hovers near zero
-        median = float(np.median(history))
-        spread = float(np.median(np.abs(np.asarray(history) - median)))
-        return loss - median > (self.cfg.guard.spike_factor - 1) * max(abs(median), 5 * spread, 1e-8)
+        return guards.lr_scale_now(self.progress, self.cfg.guard)
 
     def rollback(self, reason: str) -> Optional[int]:
         """Back to the last good checkpoint with a lower learning rate; None when there is none yet."""
-        g = self.cfg.guard
+        lr_scale = guards.next_lr_scale(self.progress, self.cfg.guard, reason)
         rollbacks = self.progress.rollbacks + 1
-        if rollbacks > g.max_rollbacks:
-            raise Diverged(f"{reason}; {g.max_rollbacks} rollbacks did not help (guard.max_rollbacks)")
-        lr_scale = self.lr_scale_now() * g.lr_factor
         step = self.checkpoints.latest_good()
         elapsed = self.progress.elapsed_s  # time spent stays spent
+        scaler = self.scaler.state_dict()  # and so does the fp16 scaler's calibration
         if step is not None:
             weights, state, _ = self.checkpoints.load(step, self.device)
             self.load_model_state(weights)
             self.load_state_dict(state)
+            self.scaler.load_state_dict(scaler)
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.lr_scale, self.progress.rollbacks = lr_scale, rollbacks
         self.progress.rollback_step = self.progress.step
@@ -348,144 +329,147 @@ class Trainer:
         return {"step": p.step, "tokens": p.tokens, "elapsed_s": round(p.elapsed_s, 4), "split": split, **values}
 
     def fit(self, resumed: bool = False) -> dict[str, Any]:
-        cfg = self.cfg
-        if self.dist.main:
-            metrics = JsonlSink(self.run_dir / "metrics.jsonl")
-            samples = JsonlSink(self.run_dir / "samples.jsonl")
-            tb = TensorBoardSink(self.run_dir / "tb", purge_step=self.progress.step + 1 if resumed else None)
-            console = Console(self.total_steps)
-        else:
-            metrics = samples = tb = distributed.NullSink()
-            console = distributed.QuietConsole()
-        sinks = [metrics, tb]
-
-        def emit(row: dict[str, Any]) -> None:
-            for s in sinks:
-                s.write(row)
-
-        def say(text: str) -> None:
-            console.print(text)
-
+        """Train until a budget is spent, early stopping or the tuner stops it, or a signal arrives."""
+        sinks = Sinks(self.run_dir, self.total_steps, self.progress.step if resumed else None, self.dist.main)
         if resumed:
-            emit(self.row("event", kind="resume", detail=f"resumed from step {self.progress.step}"))
-        from trainlab.experiment.estimate import peak_flops
-
-        self.peak = cfg.train.peak_flops or (peak_flops(self.precision, self.device) if self.dist.main else 1.0)
+            sinks.emit(self.row("event", kind="resume", detail=f"resumed from step {self.progress.step}"))
+        self.peak = self.cfg.train.peak_flops or (hardware.peak_flops(self.precision, self.device)
+                                                  if self.dist.main else 1.0)
         self.flops_per_token = self.model.flops_per_token()
         old_handlers = self._install_signal_handlers()
-        last_val: Optional[dict] = None
+        self._last_val: Optional[dict] = None
         stop_reason = "budget"
-        window_tokens, window_start = 0, time.perf_counter()
         try:
             if not resumed and self.progress.step == 0 and self.task.eval_at_start:
-                last_val = self._evaluate_and_sample(emit, samples, say, console)
-                window_start = time.perf_counter()
+                self._evaluate_and_sample(sinks)
+            window = Window()
             while not self.budget_done():
-                t0 = time.perf_counter()
-                out = self.train_step()
-                dt = time.perf_counter() - t0
-                if self._warm or not cfg.train.compile:
-                    self.progress.elapsed_s += dt  # the first compiled step is warm-up, not training
-                self._warm = True
-                if self.dist.active:
-                    self._agree()
-                window_tokens += self.tokens_per_step
-                if not out["finite"] or out["spike"]:
-                    what = "loss spike" if out["spike"] else "non-finite loss or gradient"
-                    emit(self.row("event", kind="spike_skip" if out["spike"] else "nonfinite_skip",
-                                  detail=f"{what}: loss {out['loss']}, grad_norm {out['grad_norm']}; step skipped"))
-                    say(f"step {self.progress.step}: {what} (loss {out['loss']:.4g}), step skipped")
-                    if out["spike"] or self.progress.nonfinite_streak >= cfg.guard.max_nonfinite:
-                        at = self.progress.step
-                        try:
-                            back = self.rollback(f"{what} at step {at}")
-                        except Diverged as err:  # the guards give up: say so in the metrics, for the doctor
-                            emit(self.row("event", kind="diverged", detail=str(err)))
-                            raise
-                        if back is not None:
-                            for sink in (metrics, samples):
-                                sink.truncate_after(back, keep_events=True)
-                        detail = (f"{what} at step {at}: rolled back to step {back}" if back is not None else
-                                  f"{what} at step {at}: no checkpoint yet, continuing") + \
-                                 f"; lr x{self.progress.lr_scale:g}, back to the schedule over " \
-                                 f"{cfg.guard.lr_recovery_steps} steps"
-                        emit(self.row("event", kind="rollback", detail=detail))
-                        say(detail)
-                        window_tokens, window_start = 0, time.perf_counter()
-                        continue
-                step = self.progress.step
-                if step % cfg.train.log_interval == 0 or self.budget_done():
-                    now = time.perf_counter()
-                    tokens_per_s = window_tokens / max(now - window_start, 1e-9)
-                    extra = {k: out[k] for k in ("weight_norm", "update_ratio") if k in out}
-                    extra.update(out["components"])
-                    row = self.row("train", loss=out["loss"], lr=out["lr"], grad_norm=out["grad_norm"],
-                                   clipped=out["clipped"], **extra,
-                                   clip_frac=self.progress.clipped_in_window / cfg.train.log_interval,
-                                   tokens_per_s=tokens_per_s, mfu=tokens_per_s * self.flops_per_token / self.peak,
-                                   peak_memory_mb=peak_memory_mb(self.device),
-                                   data_wait_frac=out["data_s"] / max(dt, 1e-9))
-                    self.progress.clipped_in_window = 0
-                    emit(row)
-                    console.update(row, self.fraction_done())
-                    window_tokens, window_start = 0, now
-                at_end = self.budget_done()
-                val_loss = None
-                paused = time.perf_counter()  # evaluation and checkpoints stay out of the next row's tokens/s
-                if step % cfg.train.eval_interval == 0 or at_end:
-                    last_val = self._evaluate_and_sample(emit, samples, say, console)
-                    val_loss = last_val["loss"]
-                    if self.on_eval is not None and self.on_eval(step, last_val) and not at_end:
-                        emit(self.row("event", kind="pruned", detail=f"stopped by the tuner at step {step}"))
-                        stop_reason = "pruned"
-                        self.save_checkpoint(val_loss)
-                        break
-                    if self._early_stop_check(val_loss):
-                        emit(self.row("event", kind="early_stop",
-                                      detail=f"no improvement > {cfg.early_stopping.min_delta} in "
-                                             f"{cfg.early_stopping.patience} evaluations; best {self.progress.best_val:.4f}"))
-                        say(f"early stopping at step {step}: best val loss {self.progress.best_val:.4f}")
-                        stop_reason = "early_stop"
-                        self.save_checkpoint(val_loss)
-                        break
-                if step % cfg.checkpoint.interval == 0 or at_end:
-                    self.save_checkpoint(val_loss)
-                window_start += time.perf_counter() - paused
-                if self._stop_signal is not None:
-                    name = signal.Signals(self._stop_signal).name
-                    if not at_end and step % cfg.checkpoint.interval:
-                        self.save_checkpoint(val_loss)
-                    emit(self.row("event", kind="interrupted", detail=f"{name}: checkpoint written at step {step}"))
-                    say(f"{name}: checkpoint written at step {step}; continue with --resume")
-                    stop_reason = "interrupted"
+                stop_reason = self._one_step(sinks, window)
+                if stop_reason:
                     break
-            if stop_reason == "budget" and (last_val is None or last_val.get("step") != self.progress.step):
-                last_val = self._evaluate_and_sample(emit, samples, say, console)
-                self.save_checkpoint(last_val["loss"])
+            stop_reason = stop_reason or "budget"
+            if stop_reason == "budget" and (self._last_val is None or self._last_val.get("step") != self.progress.step):
+                self._evaluate_and_sample(sinks)
+                self.save_checkpoint(self._last_val["loss"])
         finally:
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
-            console.close()
-            for s in (metrics, samples, tb):
-                s.close()
+            sinks.close()
         return {"stop_reason": stop_reason, "step": self.progress.step, "tokens": self.progress.tokens,
-                "elapsed_s": self.progress.elapsed_s, "val": last_val, "signal": self._stop_signal}
+                "elapsed_s": self.progress.elapsed_s, "val": self._last_val, "signal": self._stop_signal}
 
-    def _evaluate_and_sample(self, emit, samples, say, console) -> dict:
+    def _one_step(self, sinks: Sinks, window: Window) -> Optional[str]:
+        """A step and what follows it: guards, the train row, evaluation, checkpoint, signals. Returns why the
+        run stops here, or None."""
+        t0 = time.perf_counter()
+        out = self.train_step()
+        dt = time.perf_counter() - t0
+        if self._warm or not self.cfg.train.compile:
+            self.progress.elapsed_s += dt  # the first compiled step is warm-up, not training
+        self._warm = True
+        if self.dist.active:
+            self._agree()
+        window.tokens += self.tokens_per_step
+        if (not out["finite"] or out["spike"]) and self._guard(out, sinks, window):
+            return None  # rolled back: the step is undone
+        step, at_end = self.progress.step, self.budget_done()
+        if step % self.cfg.train.log_interval == 0 or at_end:
+            self._write_train_row(out, dt, sinks, window)
+        paused = time.perf_counter()  # evaluation and checkpoints stay out of the next row's tokens/s
+        stop = self._evaluate_maybe(step, at_end, sinks)
+        if stop is None and (step % self.cfg.checkpoint.interval == 0 or at_end):
+            self.save_checkpoint(self._val_loss_at(step))
+        window.start += time.perf_counter() - paused
+        return stop or self._stop_on_signal(step, at_end, sinks)
+
+    def _guard(self, out: dict[str, Any], sinks: Sinks, window: Window) -> bool:
+        """A skipped step: say so, and roll back when the guards ask for it (True when it did)."""
+        what = "loss spike" if out["spike"] else "non-finite loss or gradient"
+        sinks.emit(self.row("event", kind="spike_skip" if out["spike"] else "nonfinite_skip",
+                            detail=f"{what}: loss {out['loss']}, grad_norm {out['grad_norm']}; step skipped"))
+        sinks.say(f"step {self.progress.step}: {what} (loss {out['loss']:.4g}), step skipped")
+        if not guards.wants_rollback(self.progress, out["spike"], self.cfg.guard):
+            return False
+        at = self.progress.step
+        try:
+            back = self.rollback(f"{what} at step {at}")
+        except Diverged as err:  # the guards give up: say so in the metrics, for the doctor
+            sinks.emit(self.row("event", kind="diverged", detail=str(err)))
+            raise
+        if back is not None:
+            sinks.rewind(back)
+        detail = (f"{what} at step {at}: rolled back to step {back}" if back is not None else
+                  f"{what} at step {at}: no checkpoint yet, continuing") + \
+            f"; lr x{self.progress.lr_scale:g}, back to the schedule over {self.cfg.guard.lr_recovery_steps} steps"
+        sinks.emit(self.row("event", kind="rollback", detail=detail))
+        sinks.say(detail)
+        window.reset()
+        return True
+
+    def _write_train_row(self, out: dict[str, Any], dt: float, sinks: Sinks, window: Window) -> None:
+        now = time.perf_counter()
+        tokens_per_s = window.rate(now)
+        extra = {k: out[k] for k in ("weight_norm", "update_ratio") if k in out}
+        extra.update(out["components"])
+        row = self.row("train", loss=out["loss"], lr=out["lr"], grad_norm=out["grad_norm"],
+                       clipped=out["clipped"], **extra,
+                       clip_frac=self.progress.clipped_in_window / self.cfg.train.log_interval,
+                       tokens_per_s=tokens_per_s, mfu=tokens_per_s * self.flops_per_token / self.peak,
+                       peak_memory_mb=hardware.peak_memory_mb(self.device),
+                       data_wait_frac=out["data_s"] / max(dt, 1e-9))
+        self.progress.clipped_in_window = 0
+        sinks.emit(row)
+        sinks.progress(row, self.fraction_done())
+        window.reset(now)
+
+    def _val_loss_at(self, step: int) -> Optional[float]:
+        return self._last_val["loss"] if self._last_val is not None and self._last_val.get("step") == step else None
+
+    def _evaluate_maybe(self, step: int, at_end: bool, sinks: Sinks) -> Optional[str]:
+        """Evaluate on schedule; "pruned" or "early_stop" (with a checkpoint written) when the run stops here."""
+        if step % self.cfg.train.eval_interval and not at_end:
+            return None
+        val_loss = self._evaluate_and_sample(sinks)["loss"]
+        if self.on_eval is not None and self.on_eval(step, self._last_val) and not at_end:
+            sinks.emit(self.row("event", kind="pruned", detail=f"stopped by the tuner at step {step}"))
+            self.save_checkpoint(val_loss)
+            return "pruned"
+        if self._early_stop_check(val_loss):
+            es = self.cfg.early_stopping
+            sinks.emit(self.row("event", kind="early_stop", detail=f"no improvement > {es.min_delta} in "
+                                f"{es.patience} evaluations; best {self.progress.best_val:.4f}"))
+            sinks.say(f"early stopping at step {step}: best val loss {self.progress.best_val:.4f}")
+            self.save_checkpoint(val_loss)
+            return "early_stop"
+        return None
+
+    def _stop_on_signal(self, step: int, at_end: bool, sinks: Sinks) -> Optional[str]:
+        """SIGINT or SIGTERM: a checkpoint (unless this step wrote one) and "interrupted"."""
+        if self._stop_signal is None:
+            return None
+        name = signal.Signals(self._stop_signal).name
+        if not at_end and step % self.cfg.checkpoint.interval:
+            self.save_checkpoint(self._val_loss_at(step))
+        sinks.emit(self.row("event", kind="interrupted", detail=f"{name}: checkpoint written at step {step}"))
+        sinks.say(f"{name}: checkpoint written at step {step}; continue with --resume")
+        return "interrupted"
+
+    def _evaluate_and_sample(self, sinks: Sinks) -> dict:
         t0 = time.perf_counter()
         val = self.evaluate()
         if self.cfg.train.sample_tokens and self.dist.main:
             sample = self.sample(self.cfg.train.sample_tokens)
             if sample is not None:
-                samples.write({"step": self.progress.step, **sample})
+                sinks.sample({"step": self.progress.step, **sample})
         dt = time.perf_counter() - t0
-        if getattr(self, "_eval_warm", False) or not self.cfg.train.compile:
+        if self._eval_warm or not self.cfg.train.compile:
             self.progress.elapsed_s += dt
         self._eval_warm = True
-        emit(self.row("val", **val))
-        console.last_val = val["loss"]
-        say(f"step {self.progress.step:>6} | " + val_summary(val))
-        return {**val, "step": self.progress.step}
+        sinks.emit(self.row("val", **val))
+        sinks.console.last_val = val["loss"]
+        sinks.say(f"step {self.progress.step:>6} | " + val_summary(val))
+        self._last_val = {**val, "step": self.progress.step}
+        return self._last_val
 
     def _agree(self) -> None:
         """Processes share one clock (the slowest) and one stop signal, so they stop on the same step."""

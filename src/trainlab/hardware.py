@@ -1,14 +1,20 @@
-"""Device and precision choices, and a description of the machine for env.json."""
+"""Facts about the machine: device and precision choices, the matmul peak (measured once and cached),
+memory, and a description for env.json."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import time
 from functools import lru_cache
+from pathlib import Path
+from typing import Optional
 
 import torch
 
 from trainlab.errors import ConfigError
+from trainlab.files import atomic_write, default_cache_dir
 
 
 @lru_cache(maxsize=None)
@@ -118,3 +124,69 @@ def describe() -> dict:
     if torch.cuda.is_available():
         info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
+
+
+def device_name(device: torch.device) -> str:
+    """The CPU's model name, the GPU's name, or `mps`."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return cpu_name()
+    return device.type
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The process's peak: allocated tensors on a GPU; on a CPU the resident set, which getrusage reports
+    in KiB on Linux and in bytes on macOS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def peak_flops(precision: str, device: torch.device, cache_dir: Optional[Path] = None) -> float:
+    """The machine's matmul peak at this precision, measured once and cached."""
+    key = f"{device.type}|{device_name(device)}|{torch.get_num_threads()}|{precision}"
+    path = (cache_dir or default_cache_dir()) / "peak_flops.json"
+    cached = json.loads(path.read_text()) if path.exists() else {}
+    if key in cached:
+        return cached[key]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    n = 8192 if device.type == "cuda" else (2048 if native(precision, device) else 512)  # slow paths: keep it short
+    # a generator of its own: measuring must not move the global RNG (a run that measures would draw
+    # different dropout masks from its resumed self, which finds the figure cached)
+    g = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(n, n, dtype=dtype, device=device, generator=g) for _ in range(2))
+    best = 0.0
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elif device.type == "mps":
+            torch.mps.synchronize()
+
+    for _ in range(3):
+        a @ b
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        sync()
+        best = max(best, 6 * n**3 / (time.perf_counter() - t0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cached[key] = best
+    atomic_write(path, json.dumps(cached, indent=1))
+    return best
+
+
+def native(precision: str, device: torch.device) -> bool:
+    """Whether this machine runs matmuls at `precision` at full speed (so its peak can be measured)."""
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.type != here:
+        return False  # not this machine's device: nothing to measure here
+    if device.type != "cpu":
+        return True
+    return precision == "fp32" or (precision == "bf16" and cpu_has_fast_bf16())

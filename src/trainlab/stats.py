@@ -1,9 +1,12 @@
-"""Statistics for comparing runs: mean, spread, t-intervals, Welch's t-test."""
+"""Statistics shared by the trainer, the doctor and the experiments: the robust spike test, mean, spread,
+t-intervals, Welch's t-test. scipy (the `experiment` extra) is imported only where a distribution is needed."""
 
 from __future__ import annotations
 
 import math
 from typing import Any, Sequence
+
+import numpy as np
 
 
 def describe(values: Sequence[float]) -> dict[str, Any]:
@@ -27,3 +30,13 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
         res = stats.ttest_ind(a, b, equal_var=False)
         p = None if math.isnan(res.pvalue) else float(res.pvalue)
     return {"diff": diff, "p": p}
+
+
+def is_spike(history: Sequence[float], value: float, factor: float) -> bool:
+    """Whether `value` lies more than (factor - 1) x max(|median|, 5 x MAD) above the median of `history`:
+    above `factor` x the median for a positive loss, with a scale that stays meaningful when a loss can be
+    negative (a series tokenizer's entropy reward) or hovers near zero."""
+    values = np.asarray(history, dtype=np.float64)
+    median = float(np.median(values))
+    spread = float(np.median(np.abs(values - median)))
+    return value - median > (factor - 1) * max(abs(median), 5 * spread, 1e-8)

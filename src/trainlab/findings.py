@@ -1,0 +1,26 @@
+"""A finding: one thing the doctor (or the data check) found, with its evidence and what to change.
+
+Shared by `data` (the data check's findings) and `doctor`; the JSON shape is DESIGN.md's contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SEVERITY_RANK = {"high": 0, "medium": 1, "low": 2}
+
+
+@dataclass
+class Finding:
+    id: str
+    severity: str  # high | medium | low
+    evidence: str
+    recommendation: str
+    suggested_overrides: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # numbers the report may plot
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("data")
+        return out
