@@ -1,11 +1,14 @@
 """Make the doctor's foreign-log fixtures with the real libraries: Hugging Face `transformers.Trainer`
 (trainer_state.json and TensorBoard events) and Lightning (CSVLogger metrics.csv), each run healthy,
-with the learning rate x30 and with it x0.01.
+with the learning rate x30 and with it x0.01; and two the doctor once misjudged: a constant learning
+rate 50x the usual top of the range with no warmup (`lr_far_no_warmup`: the lr is the cause, not the
+missing warmup), and a run driven to NaN without clipping (`nan`: the Trainer's default
+logging_nan_inf_filter logs an all-NaN window's loss as 0.0).
 
 The model is a small Llama (transformers' LlamaForCausalLM) on character windows of the bundled
-Shakespeare corpus. Needs `pip install lightning accelerate` beside the dev environment:
+Shakespeare corpus. Needs the tools it drives beside the dev environment:
 
-    .venv/bin/pip install lightning accelerate
+    .venv/bin/pip install -r scripts/requirements-logs.txt
     .venv/bin/python scripts/foreign_logs.py
 
 Outputs go to tests/fixtures/doctor/foreign/{hf,lightning,tensorboard}/<case>/ (a few minutes on 2 cores).
@@ -25,8 +28,11 @@ from trainlab.data.corpora import get_corpus
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "doctor" / "foreign"
 LR = 3e-3
-CASES = {"healthy": LR, "lr_too_high": LR * 30, "lr_too_low": LR * 0.01}
 SEQ, BATCH, STEPS, WARMUP = 64, 16, 300, 30
+# name: (peak lr, warmup steps, schedule, max grad norm)
+CASES = {"healthy": (LR, WARMUP, "cosine", 1.0), "lr_too_high": (LR * 30, WARMUP, "cosine", 1.0),
+         "lr_too_low": (LR * 0.01, WARMUP, "cosine", 1.0), "lr_far_no_warmup": (0.5, 0, "constant", 1.0),
+         "nan": (20.0, 0, "constant", 0.0)}
 
 
 def windows():
@@ -61,14 +67,15 @@ def llama(vocab: int):
     return LlamaForCausalLM(cfg)
 
 
-def hf_run(name: str, lr: float, train, val, vocab: int, work: Path) -> None:
+def hf_run(name: str, case: tuple, train, val, vocab: int, work: Path) -> None:
     from transformers import Trainer, TrainingArguments
 
+    lr, warmup, schedule, clip = case
     out = work / f"hf-{name}"
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tb")
     args = TrainingArguments(output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=BATCH,
-                             per_device_eval_batch_size=BATCH, learning_rate=lr, warmup_steps=WARMUP,
-                             lr_scheduler_type="cosine", weight_decay=0.1, max_grad_norm=1.0, logging_steps=5,
+                             per_device_eval_batch_size=BATCH, learning_rate=lr, warmup_steps=warmup,
+                             lr_scheduler_type=schedule, weight_decay=0.1, max_grad_norm=clip, logging_steps=5,
                              eval_strategy="steps", eval_steps=25, save_strategy="no", report_to=["tensorboard"],
                              seed=0, use_cpu=True, dataloader_num_workers=0,
                              disable_tqdm=True)
@@ -79,16 +86,19 @@ def hf_run(name: str, lr: float, train, val, vocab: int, work: Path) -> None:
     dest = OUT / "hf" / name
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(out / "trainer_state.json", dest / "trainer_state.json")
+    (dest / "training_args.json").write_text(args.to_json_string())  # the arguments as JSON (never the pickle)
     tb = OUT / "tensorboard" / name
     shutil.rmtree(tb, ignore_errors=True)
     shutil.copytree(out / "tb", tb)
 
 
-def lightning_run(name: str, lr: float, train, val, vocab: int, work: Path) -> None:
+def lightning_run(name: str, case: tuple, train, val, vocab: int, work: Path) -> None:
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger
-    from transformers import get_cosine_schedule_with_warmup
+    from transformers import get_scheduler
+
+    lr, warmup, schedule, clip = case
 
     class LM(L.LightningModule):
         def __init__(self):
@@ -105,14 +115,14 @@ def lightning_run(name: str, lr: float, train, val, vocab: int, work: Path) -> N
 
         def configure_optimizers(self):
             opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=0.1)
-            sched = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
+            sched = get_scheduler(schedule, opt, num_warmup_steps=warmup, num_training_steps=STEPS)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     L.seed_everything(0)
     logger = CSVLogger(str(work / "lightning"), name=name)
     trainer = L.Trainer(max_steps=STEPS, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=5,
                         val_check_interval=25, check_val_every_n_epoch=None, limit_val_batches=8,
-                        gradient_clip_val=1.0, callbacks=[LearningRateMonitor("step")], enable_checkpointing=False,
+                        gradient_clip_val=clip or None, callbacks=[LearningRateMonitor("step")], enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     dl = torch.utils.data.DataLoader
     trainer.fit(LM(), dl(Windows(train, STEPS * BATCH, 0), batch_size=BATCH),
@@ -123,12 +133,14 @@ def lightning_run(name: str, lr: float, train, val, vocab: int, work: Path) -> N
 
 
 def main() -> None:
+    import sys
+
     torch.set_num_threads(2)
     train, val, vocab = windows()
     work = Path(tempfile.mkdtemp(prefix="trainlab-foreign-"))
-    for name, lr in CASES.items():
-        hf_run(name, lr, train, val, vocab, work)
-        lightning_run(name, lr, train, val, vocab, work)
+    for name in sys.argv[1:] or list(CASES):  # the cases to (re)make; default all
+        hf_run(name, CASES[name], train, val, vocab, work)
+        lightning_run(name, CASES[name], train, val, vocab, work)
         print(f"{name}: done")
     shutil.rmtree(work, ignore_errors=True)
 

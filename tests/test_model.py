@@ -155,3 +155,26 @@ def test_attention_kernel_choice():
     assert attention_kernel("auto", cpu, "bf16", 1024) == "sdpa"
     assert attention_kernel("auto", cpu, "fp32", 256) == "sdpa"
     assert attention_kernel("sdpa", cpu, "bf16", 256) == "sdpa"
+
+
+def test_qk_norm_under_bf16_autocast_stays_on_the_fused_kernel():
+    """q and k arrive in bf16 under autocast while the norm's weight is fp32: the norm casts its weight, so
+    torch raises no "Mismatch dtype" warning (once printed by every bf16 demo run), and the output follows."""
+    import warnings
+
+    import torch.nn.functional as F
+
+    from trainlab.models.gpt import RMSNorm
+
+    norm = RMSNorm(16, 1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(4, 16).to(torch.bfloat16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = norm(x)
+    assert not [w for w in caught if "Mismatch dtype" in str(w.message)]
+    assert y.dtype == torch.bfloat16
+    expected = F.rms_norm(x.float(), (16,), norm.weight, 1e-5)
+    torch.testing.assert_close(y.float(), expected, rtol=2e-2, atol=2e-2)

@@ -96,7 +96,7 @@ def test_estimate_reports_total_and_active_parameters():
 def test_training_logs_expert_load_and_export_refuses(tmp_path):
     run = tmp_path / "moe"
     cli("train", "--preset", "tiny", "--run-dir", str(run), "--set", "model.moe.experts=4",
-        "--set", "model.moe.shared_expert=true", "--set", "train.max_steps=12")
+        "--set", "model.moe.shared_expert=true", "--set", "model.qk_norm=true", "--set", "train.max_steps=12")
     rows = [r for r in read_rows(run / "metrics.jsonl") if r["split"] == "train"]
     assert rows and all({"loss_ce", "loss_aux", "moe_max_load", "moe_dropped"} <= set(r) for r in rows)
     for r in rows:  # the logged total is the cross entropy plus the weighted balancing term

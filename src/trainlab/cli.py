@@ -214,16 +214,37 @@ def ablate(sweep: Path = typer.Argument(..., help="A sweep YAML: base, budget, s
            out: Optional[Path] = typer.Option(None, "--out", help="Default: runs/ablate-<sweep name>."),
            seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Seeds per variant (overrides the file)."),
            workers: Optional[int] = typer.Option(None, "--workers", min=1,
-                                                 help="Runs at once; they split the cores (overrides the file).")) -> None:
+                                                 help="Runs at once; they split the cores (overrides the file)."),
+           shard: Optional[str] = typer.Option(None, "--shard", help="K/N: run only shard K of N (runs dealt "
+                                               "round-robin in sweep order), e.g. one per machine into a shared --out; "
+                                               "then --report."),
+           report: bool = typer.Option(False, "--report", help="Run nothing: gather the finished runs in --out into "
+                                       "the results; exit 3 while some are missing.")) -> None:
     """Compare config variants fairly: equal budgets, several seeds, significance."""
-    from trainlab.experiment.ablate import load_sweep, run_sweep
+    from trainlab.experiment.ablate import gather, load_sweep, parse_shard, run_sweep
 
+    if shard is not None and report:
+        raise TrainlabError("--shard and --report exclude each other: run the shards, then --report once")
+    part = parse_shard(shard) if shard is not None else None
     plan = load_sweep(sweep, seeds, workers)
     out = out or Path("runs") / f"ablate-{sweep.stem}"
-    summary = run_sweep(plan, out)
-    print((out / "results.md").read_text(encoding="utf-8"))
-    failed = sum(1 for r in summary["runs"] if r.get("failed"))
-    print(f"results: {out / 'results.md'} | report: {out / 'report.html'} | {summary['wall_s']:.0f} s")
+    if part:
+        runs = run_sweep(plan, out, shard=part)["runs"]
+        again = f" --seeds {seeds}" if seeds else ""
+        print(f"shard {part[0]}/{part[1]}: {len(runs)} run(s) in {out} | when every shard is done: "
+              f"trainlab ablate {sweep} --out {out}{again} --report")
+    else:
+        summary = gather(plan, out) if report else run_sweep(plan, out)
+        runs = summary["runs"]
+        print((out / "results.md").read_text(encoding="utf-8"))
+        took = f" | {summary['wall_s']:.0f} s" if "wall_s" in summary else ""
+        print(f"results: {out / 'results.md'} | report: {out / 'report.html'}{took}")
+        for m in summary.get("missing", []):
+            state = "started: still running, or failed (see its train.log)" if m["started"] else "not started"
+            print(f"missing: {m['variant']} seed {m['seed']} ({m['dir']}: {state})", file=sys.stderr)
+        if summary.get("missing"):
+            raise typer.Exit(3)
+    failed = sum(1 for r in runs if r.get("failed"))
     if failed:
         print(f"error: {failed} run(s) failed; see their train.log", file=sys.stderr)
         raise typer.Exit(1)

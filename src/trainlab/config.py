@@ -31,6 +31,10 @@ class MoEConfig(Section):
     """Experts each token is sent to."""
     shared_expert: bool = False
     """An expert every token passes through besides the routed ones (as DeepSeek-MoE and MiniMind)."""
+    shared_gate: bool = False
+    """Scale the shared expert's output by a learned sigmoid gate, sigmoid(x . w) per token (as Qwen2-MoE);
+    needs shared_expert. A shared expert exports as Qwen2-MoE either way (without the gate: a zero gate
+    weight and the expert's output projection doubled, since sigmoid(0) = 1/2)."""
     expert_hidden: Optional[int] = Field(None, ge=1)
     """Hidden width of each expert; default: the dense feed-forward's."""
     aux_loss_weight: float = Field(0.01, ge=0.0)
@@ -45,6 +49,8 @@ class MoEConfig(Section):
     def _top_k_fits(self) -> "MoEConfig":
         if self.experts and self.top_k > self.experts:
             raise ValueError(f"model.moe.top_k ({self.top_k}) cannot exceed model.moe.experts ({self.experts})")
+        if self.shared_gate and not self.shared_expert:
+            raise ValueError("model.moe.shared_gate needs model.moe.shared_expert=true (it gates the shared expert)")
         return self
 
 
@@ -53,6 +59,10 @@ class ModelConfig(Section):
     """Number of transformer blocks."""
     n_head: int = Field(4, ge=1)
     """Attention heads; must divide d_model."""
+    n_kv_head: Optional[int] = Field(None, ge=1)
+    """Key/value heads (grouped-query attention): each serves n_head / n_kv_head query heads, so the KV cache
+    and the key/value projections shrink by that factor; must divide n_head. Default: n_head (every head
+    its own keys and values). Exports as num_key_value_heads."""
     d_model: int = Field(128, ge=1)
     """Width of the residual stream."""
     vocab_size: Optional[int] = Field(None, ge=2)
@@ -89,11 +99,18 @@ class ModelConfig(Section):
             raise ValueError(f"model.n_head ({self.n_head}) must divide model.d_model ({self.d_model})")
         if (self.d_model // self.n_head) % 2:
             raise ValueError("model.d_model / model.n_head must be even for rotary embeddings")
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise ValueError(f"model.n_kv_head ({self.n_kv_head}) must divide model.n_head ({self.n_head})")
         return self
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: n_kv_head, or n_head when unset."""
+        return self.n_kv_head or self.n_head
 
     @property
     def ffn_hidden_size(self) -> int:

@@ -79,16 +79,22 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def mps_available() -> bool:
+    """Whether Apple's Metal backend is usable here (torch built with it, on a Mac that has it)."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA GPU is visible; use train.device=auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if name == "mps" and not mps_available():
         raise ConfigError("train.device=mps but MPS is not available; use train.device=auto or cpu")
     return torch.device(name)
 
@@ -119,10 +125,16 @@ def autocast_dtype(precision: str):
 
 
 def describe() -> dict:
+    """The machine, for env.json: the CPU, and each CUDA device's name and compute capability (the doctor
+    reads them: bf16 on a GPU below 8.0, such as a T4 at 7.5, is emulated), or that MPS is there."""
     info = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cpu_bf16": cpu_has_fast_bf16(), "platform": platform.platform()}
     if torch.cuda.is_available():
-        info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        count = torch.cuda.device_count()
+        info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(count)]
+        info["cuda_capability"] = ["{}.{}".format(*torch.cuda.get_device_capability(i)) for i in range(count)]
+    elif mps_available():
+        info["mps"] = True
     return info
 
 
@@ -136,8 +148,8 @@ def device_name(device: torch.device) -> str:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """The process's peak: allocated tensors on a GPU; on a CPU the resident set, which getrusage reports
-    in KiB on Linux and in bytes on macOS."""
+    """The process's peak: allocated tensors on a CUDA GPU; elsewhere (a CPU, and MPS, whose memory is the
+    process's own) the resident set, which getrusage reports in KiB on Linux and in bytes on macOS."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     import resource
@@ -148,7 +160,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def peak_flops(precision: str, device: torch.device, cache_dir: Optional[Path] = None) -> float:
-    """The machine's matmul peak at this precision, measured once and cached."""
+    """The machine's matmul peak at this precision on this device, measured once and cached by the device's
+    name (the GPU's, the CPU's model, or `mps`), torch's threads and the precision."""
     key = f"{device.type}|{device_name(device)}|{torch.get_num_threads()}|{precision}"
     path = (cache_dir or default_cache_dir()) / "peak_flops.json"
     cached = json.loads(path.read_text()) if path.exists() else {}
@@ -156,37 +169,49 @@ def peak_flops(precision: str, device: torch.device, cache_dir: Optional[Path] =
         return cached[key]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     n = 8192 if device.type == "cuda" else (2048 if native(precision, device) else 512)  # slow paths: keep it short
-    # a generator of its own: measuring must not move the global RNG (a run that measures would draw
-    # different dropout masks from its resumed self, which finds the figure cached)
-    g = torch.Generator(device=device).manual_seed(0)
-    a, b = (torch.randn(n, n, dtype=dtype, device=device, generator=g) for _ in range(2))
-    best = 0.0
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elif device.type == "mps":
-            torch.mps.synchronize()
-
-    for _ in range(3):
-        a @ b
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(3):
-            a @ b
-        sync()
-        best = max(best, 6 * n**3 / (time.perf_counter() - t0))
+    best = measure_matmul(dtype, device, n)
     path.parent.mkdir(parents=True, exist_ok=True)
     cached[key] = best
     atomic_write(path, json.dumps(cached, indent=1))
     return best
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU runs asynchronously; a CPU has nothing to wait for)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def measure_matmul(dtype: torch.dtype, device: torch.device, n: int) -> float:
+    """FLOP/s of an n x n x n matmul in `dtype` on `device`, counted as a training step's 6 n^3 (forward and
+    backward), the best of three rounds of three."""
+    # a generator of its own: measuring must not move the global RNG (a run that measures would draw
+    # different dropout masks from its resumed self, which finds the figure cached). CUDA draws on the GPU
+    # (8192^2 on the CPU would be slow); any other device gets numbers drawn on the CPU and copied over
+    where = device if device.type == "cuda" else torch.device("cpu")
+    g = torch.Generator(device=where).manual_seed(0)
+    a, b = (torch.randn(n, n, device=where, generator=g).to(device=device, dtype=dtype) for _ in range(2))
+    best = 0.0
+    for _ in range(3):
+        a @ b
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        synchronize(device)
+        best = max(best, 6 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
 def native(precision: str, device: torch.device) -> bool:
-    """Whether this machine runs matmuls at `precision` at full speed (so its peak can be measured)."""
-    here = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.type != here:
-        return False  # not this machine's device: nothing to measure here
-    if device.type != "cpu":
-        return True
-    return precision == "fp32" or (precision == "bf16" and cpu_has_fast_bf16())
+    """Whether this machine has the device and runs matmuls at `precision` there at full speed (so its peak
+    can be measured here): a CUDA GPU or MPS when present; a CPU in fp32, or in bf16 with AVX-512 bf16/AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    if device.type == "mps":
+        return mps_available()
+    if device.type == "cpu":
+        return precision == "fp32" or (precision == "bf16" and cpu_has_fast_bf16())
+    return False

@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from trainlab.doctor.causes import explain
 from trainlab.doctor.detectors import Finding, rank, run_detectors, verdict
 from trainlab.doctor.readers import read
 from trainlab.doctor.series import RunSeries
+from trainlab.doctor.vocabulary import localize
 from trainlab.files import atomic_write
 
 
@@ -49,7 +51,8 @@ def diagnose_series(series: RunSeries, probe: bool = False, check_data: bool = T
         _task_findings(diag, probe, check_data)
     elif probe:
         diag.notes.append("--probe needs a trainlab run directory (it generates from the model); skipped")
-    diag.findings = rank(diag.findings)
+    diag.findings = rank(explain(diag.findings, series))
+    localize(diag.findings, series)
     return diag
 
 
@@ -124,6 +127,10 @@ def summary(diag: Diagnosis) -> str:
         lines.append(f"      -> {f.recommendation}")
         if f.suggested_overrides:
             lines.append("      -> " + " ".join(f"--set {k}={v}" for k, v in f.suggested_overrides.items()))
+        if f.suggested_changes:
+            lines.append("      -> " + ", ".join(f"{k} = {v}" for k, v in f.suggested_changes.items()))
+        if f.explains:
+            lines.append("      (explains " + ", ".join(f.explains) + ")")
     for note in diag.notes:
         lines.append(f"  note: {note}")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ were made to check them (scripts/golden_runs.py).
 from __future__ import annotations
 
 import math
+import re
 from typing import Callable, Optional
 
 import numpy as np
@@ -91,7 +92,10 @@ def diverged(c: Curves) -> Optional[Finding]:
         return None
     parts = []
     if c.nonfinite:
-        parts.append(f"{c.nonfinite} logged training losses are not finite")
+        masked = s.fact("masked_nonfinite")
+        parts.append(f"{c.nonfinite} logged training losses are not finite"
+                     + (f" ({masked} logged as 0.0 by the Trainer's logging_nan_inf_filter, with a NaN gradient "
+                        f"norm or evaluation)" if masked else ""))
     if rollbacks:
         parts.append(f"the guards rolled back {len(rollbacks)} times (first at step {rollbacks[0]['step']})")
     if gave_up:
@@ -487,16 +491,33 @@ def low_mfu(c: Curves) -> Optional[Finding]:
     return None
 
 
+# GPUs below compute capability 8.0 (no bf16 tensor cores), by name, for an env.json that gives no capability
+NO_BF16_GPU = re.compile(r"\b(t4|v100|p100|p40|p4|k80|m60|m40|titan v|titan rtx|quadro rtx \d+|rtx 20\d0|gtx)\b")
+
+
+def gpu_without_bf16(name: str, capability: Optional[str]) -> bool:
+    """Whether a GPU lacks bf16 tensor cores: compute capability below 8.0 (a T4 is 7.5, a V100 7.0), or,
+    where env.json gives no capability, a name from before Ampere."""
+    if capability:
+        try:
+            return int(str(capability).split(".")[0]) < 8
+        except ValueError:
+            pass
+    return bool(NO_BF16_GPU.search(name.lower()))
+
+
 def precision_mismatch(c: Curves) -> Optional[Finding]:
     """bf16 asked for on a GPU without bf16 tensor cores (seed 001's T4), or on a CPU without fast bf16."""
-    gpu = (c.s.fact("gpu_name") or "").lower()
-    if c.s.fact("precision") == "bf16" and any(t in gpu for t in ("t4", "v100", "p100", "k80", "p4")):
-        return Finding("precision_mismatch", "medium",
-                       f"the run used bf16 on a {c.s.fact('gpu_name')}, which has no bf16 tensor cores: bf16 there is "
-                       "emulated and slower than fp16.",
-                       "Use fp16 with a grad scaler on this GPU (precision: auto picks it).",
-                       {"train.precision": "fp16"})
+    gpu, capability = c.s.fact("gpu_name") or "", c.s.fact("gpu_capability")
     device = c.s.fact("device") or ""
+    on_gpu = device.startswith("cuda") or (not device and bool(gpu))  # a foreign env.json may not say
+    if c.s.fact("precision") == "bf16" and on_gpu and (gpu or capability) and gpu_without_bf16(gpu, capability):
+        what = " ".join(x for x in (gpu, f"(compute capability {capability})" if capability else "") if x)
+        return Finding("precision_mismatch", "medium",
+                       f"the run used bf16 on a {what}, which has no bf16 tensor cores (they came with compute "
+                       "capability 8.0): bf16 there is emulated and slower than fp16.",
+                       "Train in fp16 with a grad scaler on this GPU (train.precision=fp16; precision: auto picks it).",
+                       {"train.precision": "fp16"})
     if c.s.fact("precision") == "bf16" and device.startswith("cpu") and c.s.fact("cpu_bf16") is False:
         return Finding("precision_mismatch", "medium",
                        "the run used bf16 on a CPU without AVX-512 bf16 or AMX, where a bf16 matmul runs tens of "

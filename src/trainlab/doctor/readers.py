@@ -112,9 +112,9 @@ def _trainlab_facts(run_dir: Path, env: dict) -> dict[str, Any]:
 
     from trainlab.presets import build_config
 
+    hw = env.get("hardware") or {}
     facts: dict[str, Any] = {"precision": env.get("precision"), "device": env.get("device"),
-                             "cpu_bf16": (env.get("hardware") or {}).get("cpu_bf16"),
-                             "gpu_name": (env.get("hardware") or {}).get("gpu")}
+                             "cpu_bf16": hw.get("cpu_bf16"), **_gpu_facts(hw, env.get("device"))}
     try:
         cfg = build_config(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
     except Exception:  # a config from another version: the metrics alone still diagnose
@@ -133,6 +133,20 @@ def _trainlab_facts(run_dir: Path, env: dict) -> dict[str, Any]:
         counts = param_counts(meta_model(cfg))
         facts.update(params=counts["total"], embedding_params=counts["embedding"])
     return facts
+
+
+def _gpu_facts(hw: dict, device: Any) -> dict[str, Any]:
+    """The run's GPU: the trainer writes `cuda_devices` (names) and `cuda_capability` ("7.5") for every
+    visible device, and the run used `device` ("cuda" is the first, "cuda:1" the second); env.json files
+    from before name it under `gpu`."""
+    names, caps = hw.get("cuda_devices"), hw.get("cuda_capability")
+    index = 0
+    if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
+        index = int(device[5:])
+    name = names[index] if isinstance(names, list) and index < len(names) else hw.get("gpu")
+    cap = caps[index] if isinstance(caps, list) and index < len(caps) else hw.get("gpu_capability")
+    return {"gpu_name": name if isinstance(name, str) else None,
+            "gpu_capability": str(cap) if isinstance(cap, (str, int, float)) else None}
 
 
 def _tokens_per_step(cfg, env: dict) -> int:
@@ -174,9 +188,24 @@ def read_hf_trainer_state(path: Path) -> RunSeries:
             series.val.append(val)
     if not series.train and not series.val:
         raise TrainlabError(f"'{path}': its log_history holds no losses")
+    _unmask_nonfinite(series)
     _lr_facts(series)
     series.facts.update(max_steps=state.get("max_steps"), batch_size=state.get("train_batch_size"))
     return series
+
+
+def _unmask_nonfinite(series: RunSeries) -> None:
+    """The Trainer's `logging_nan_inf_filter` (on by default) leaves non-finite step losses out of the
+    logged mean, so a window whose every step was NaN logs a loss of exactly 0.0, while its grad_norm (or
+    the evaluation after it) shows NaN. Such a 0.0 is a NaN."""
+    bad_eval = [r["step"] for r in series.val if not math.isfinite(r.get("loss", 0.0))]
+    for row in series.train:
+        if row.get("loss") != 0.0:
+            continue
+        grad = row.get("grad_norm")
+        if (grad is not None and not math.isfinite(grad)) or (grad is None and any(s >= row["step"] for s in bad_eval)):
+            row["loss"] = float("nan")
+            series.facts["masked_nonfinite"] = series.facts.get("masked_nonfinite", 0) + 1
 
 
 # --------------------------------------------------------------------------------------------

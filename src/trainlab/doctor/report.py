@@ -43,6 +43,11 @@ def _finding_html(f) -> str:
     if f.suggested_overrides:
         sets = " ".join(f"--set {k}={v}" for k, v in f.suggested_overrides.items())
         parts.append(f"<p><b>Try.</b> <code>{esc(sets)}</code></p>")
+    if f.suggested_changes:
+        changes = ", ".join(f"{k} = {v}" for k, v in f.suggested_changes.items())
+        parts.append(f"<p><b>Try.</b> <code>{esc(changes)}</code></p>")
+    if f.explains:
+        parts.append(f"<p><b>Also explains.</b> {esc(', '.join(f.explains))}</p>")
     for ex in (f.data or {}).get("examples", [])[:2]:
         parts.append(f"<pre>prompt: {esc(str(ex.get('prompt', '')))}\noutput: {esc(str(ex.get('output', '')))}</pre>")
     parts.append("</div>")

@@ -5,6 +5,10 @@ seeds, and its own process; W worker processes split the machine's cores. A fini
 result.json and is skipped when the sweep runs again; an interrupted one resumes from its checkpoint.
 The results: results.json, results.md (mean, std and 95% interval of the final validation loss,
 the difference from the baseline with Welch's t-test) and report.html.
+
+Across machines: shard K of N (`--shard K/N`) runs every N-th run of the sweep's order, starting at the
+K-th, and writes only those runs' result.json; `--report` then gathers what has finished into the
+results and names what has not.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import itertools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -104,12 +109,36 @@ def variant_config(sweep: Sweep, name: str, seed_index: int) -> RunConfig:
         set_dotted(tree, key, value)  # a misspelt key fails in build_config, naming the closest one
     set_budget(tree, *sweep.budget)
     set_dotted(tree, "train.seed", int(tree["train"].get("seed", 1337)) + seed_index)
-    set_dotted(tree, "train.threads", max(1, (os.cpu_count() or 1) // sweep.workers))
+    if "train.threads" not in {**sweep.base_set, **sweep.variants[name]}:  # else as the sweep file says
+        set_dotted(tree, "train.threads", max(1, usable_cores() // sweep.workers))
     return build_config(tree)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a batch scheduler's allocation, not the whole node's)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def run_dirs(out: Path, sweep: Sweep) -> list[tuple[str, int, Path]]:
+    """Every run of the sweep in its order: each variant's seeds, variant by variant."""
     return [(name, k, out / "runs" / _safe(name) / f"seed-{k}") for name in sweep.variants for k in range(sweep.seeds)]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`K/N` (1 <= K <= N) as (K, N)."""
+    m = re.fullmatch(r"(\d+)/(\d+)", str(text).strip())
+    if not m or not 1 <= int(m[1]) <= int(m[2]):
+        raise ConfigError(f"--shard {text!r}: give K/N with 1 <= K <= N (shard K of N), e.g. --shard 1/4")
+    return int(m[1]), int(m[2])
+
+
+def shard_of(jobs: list, shard: tuple[int, int]) -> list:
+    """Shard K of N's share, dealt round-robin: run i (from 0, in sweep order) goes to shard i % N + 1."""
+    k, n = shard
+    return [job for i, job in enumerate(jobs) if i % n == k - 1]
 
 
 def _safe(name: str) -> str:
@@ -155,11 +184,16 @@ def summarise_run(run: Path) -> dict[str, Any]:
             "doctor": f"{top.id} ({top.severity})" if top else "no findings"}
 
 
-def run_sweep(sweep: Sweep, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_sweep(sweep: Sweep, out: Path, log: Callable[[str], None] = print,
+              shard: Optional[tuple[int, int]] = None) -> dict[str, Any]:
+    """Run the sweep's runs (only shard K of N's share, given `shard`), skipping finished ones. Unsharded, it
+    writes results.json, results.md and report.html; a shard writes only its runs' result.json files."""
     out.mkdir(parents=True, exist_ok=True)
-    jobs = run_dirs(out, sweep)
+    every = run_dirs(out, sweep)
+    jobs = shard_of(every, shard) if shard else every
     pending = sum(not (where / "result.json").exists() for _, _, where in jobs)
-    log(f"{len(sweep.variants)} variants x {sweep.seeds} seeds = {len(jobs)} runs ({len(jobs) - pending} done "
+    share = f"; shard {shard[0]}/{shard[1]} runs {len(jobs)} of them" if shard else ""
+    log(f"{len(sweep.variants)} variants x {sweep.seeds} seeds = {len(every)} runs{share} ({len(jobs) - pending} done "
         f"already), budget {sweep.budget[1]:,} {sweep.budget[0]} each, {sweep.workers} worker(s)")
     t0 = time.time()
 
@@ -173,14 +207,38 @@ def run_sweep(sweep: Sweep, out: Path, log: Callable[[str], None] = print) -> di
 
     with ThreadPoolExecutor(max_workers=sweep.workers) as pool:
         results = list(pool.map(job, jobs))
+    if shard:
+        return {"sweep": str(sweep.path), "shard": list(shard), "runs": results, "wall_s": time.time() - t0}
     summary = aggregate(sweep, results)
     summary["wall_s"] = time.time() - t0
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
-    (out / "results.md").write_text(results_markdown(summary), encoding="utf-8")
+    write_results(out, summary)
+    return summary
+
+
+def gather(sweep: Sweep, out: Path) -> dict[str, Any]:
+    """The results of every run that has finished (its result.json), whichever process or machine ran it,
+    written to results.json, results.md and report.html; `missing` lists the runs without one."""
+    results, missing = [], []
+    for name, k, where in run_dirs(out, sweep):
+        done = where / "result.json"
+        if done.exists():
+            results.append(json.loads(done.read_text()))
+        else:
+            missing.append({"variant": name, "seed": k, "dir": str(where),
+                            "started": (where / "train.log").exists()})
+    summary = aggregate(sweep, results)
+    summary["missing"] = missing
+    write_results(out, summary)
+    return summary
+
+
+def write_results(out: Path, summary: dict[str, Any]) -> None:
     from trainlab.experiment.report import sweep_report
 
-    (out / "report.html").write_text(sweep_report(summary), encoding="utf-8")
-    return summary
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "results.json", json.dumps(summary, indent=1))
+    atomic_write(out / "results.md", results_markdown(summary).encode("utf-8"))
+    atomic_write(out / "report.html", sweep_report(summary).encode("utf-8"))
 
 
 def aggregate(sweep: Sweep, results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -221,7 +279,7 @@ def results_markdown(s: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(s["variants"], key=lambda r: r.get("val_loss", {}).get("mean", math.inf)):
         if not r["n"]:
-            lines.append(f"| {r['variant']} | failed | | | | | | | | | | |")
+            lines.append(f"| {r['variant']} | {'failed' if r['failed'] else 'missing'} | | | | | | | | | | |")
             continue
         d = r["val_loss"]
         vs = r.get("vs_baseline")
@@ -232,7 +290,10 @@ def results_markdown(s: dict[str, Any]) -> str:
                      f"{p} | {num(r.get('acc'), '.3f')} | {num(r.get('top5'), '.3f')} | {num(r.get('ppl'), '.2f')} | "
                      f"{tokens} | {num(r.get('tokens_per_s'), ',.0f')} | {num(r.get('elapsed_s'), '.0f')} | {r['doctor']} |")
     tokens = {t for r in s["variants"] for t in r.get("tokens_all", [])}
-    lines += ["", "All runs saw the same number of tokens." if len(tokens) == 1 else
+    lines += [] if not tokens else ["", "All runs saw the same number of tokens." if len(tokens) == 1 else
               f"Runs saw different token counts ({', '.join(f'{t:,}' for t in sorted(tokens))}): the budget is not a "
               f"multiple of every variant's tokens per step, or the budget is in steps or seconds."]
+    if s.get("missing"):
+        lines += ["", f"Missing {len(s['missing'])} run(s), not finished (or failed; see each train.log): "
+                  + ", ".join(f"{m['variant']} seed {m['seed']}" for m in s["missing"]) + "."]
     return "\n".join(lines) + "\n"

@@ -35,23 +35,30 @@ def ffn_width(cfg: RunConfig) -> int:
     return hidden * (m.moe.top_k + int(m.moe.shared_expert)) + m.d_model * m.moe.top_k // 4
 
 
+def qkv_width(cfg: RunConfig) -> int:
+    """Values a token's q, k and v keep for backward: (n_head + 2 n_kv_head) head_dim, 3 d without grouped-query
+    attention; with fewer key/value heads, plus the keys and values repeated to every query head (2 d)."""
+    m = cfg.model
+    return (m.n_head + 2 * m.kv_heads) * m.head_dim + (2 * m.d_model if m.kv_heads < m.n_head else 0)
+
+
 def activation_bytes(cfg: RunConfig, precision: str, checkpointing: bool = False) -> int:
     """Tensors one micro-batch keeps for backward, plus the gradients in flight during it.
 
-    Per layer and token: the two RMSNorms' inputs and outputs (4 d), q/k/v (3 d), the rotated
-    halves and rotary outputs of q and k (4 d), the attention output and its reshaped copy (2 d),
-    the residual stream (1 d), gate/up output, SiLU output and their product (4 h): 14 d + 4 h
-    values. During backward about one more layer's worth of gradients is alive. The logits add V
-    values at the run's precision, and the loss three fp32 tensors of V per token that are alive
-    together in backward: the saved log-softmax, the gradient of the log-probabilities (from the NLL)
-    and the gradient of the logits. With
-    activation checkpointing only each block's input is kept, plus one block recomputed at a time.
+    Per layer and token: the two RMSNorms' inputs and outputs (4 d), q/k/v (3 d; `qkv_width` with
+    grouped-query attention), the rotated halves and rotary outputs of q and k (4 d), the attention
+    output and its reshaped copy (2 d), the residual stream (1 d), gate/up output, SiLU output and
+    their product (4 h): 14 d + 4 h values. During backward about one more layer's worth of gradients
+    is alive. The logits add V values at the run's precision, and the loss three fp32 tensors of V per
+    token that are alive together in backward: the saved log-softmax, the gradient of the
+    log-probabilities (from the NLL) and the gradient of the logits. With activation checkpointing
+    only each block's input is kept, plus one block recomputed at a time.
     Checked against measured peak RSS by bench/estimate_accuracy.py.
     """
     m, t = cfg.model, cfg.train
     tokens = t.batch_size * m.seq_len
     b = BYTES["bf16" if precision in ("bf16", "fp16") else "fp32"]
-    per_layer = (14 * m.d_model + 4 * ffn_width(cfg)) * b
+    per_layer = (11 * m.d_model + qkv_width(cfg) + 4 * ffn_width(cfg)) * b
     layers = (m.n_layer * m.d_model * b + per_layer) if checkpointing else m.n_layer * per_layer
     in_flight = per_layer  # gradients of one layer's activations during backward
     logits = (m.vocab_size or 0) * (b + 3 * 4)

@@ -14,12 +14,13 @@ def sweep_report(s: dict[str, Any]) -> str:
     variants = [v for v in s["variants"] if v["n"]]
     order = sorted(variants, key=lambda v: v["val_loss"]["mean"])
     color = {v["variant"]: COLORS[i % len(COLORS)] for i, v in enumerate(s["variants"])}
-    by_tokens, by_time = [], []
+    by_tokens, by_time, labelled = [], [], set()
     for run in s["runs"]:
         if run.get("failed"):
             continue
         name = run["variant"]
-        label = name if run["seed"] == 0 else ""
+        label = "" if name in labelled else name  # one legend entry a variant (its seed 0 may be missing)
+        labelled.add(name)
         curve = run["curve"]
         by_tokens.append((label, [c[1] for c in curve], [c[3] for c in curve], color[name]))
         by_time.append((label, [c[2] for c in curve], [c[3] for c in curve], color[name]))
@@ -38,6 +39,9 @@ def sweep_report(s: dict[str, Any]) -> str:
                     f"<td>{num(v.get('tokens'), ',.0f')}</td><td>{num(v.get('tokens_per_s'), ',.0f')}</td>"
                     f"<td>{esc(v['doctor'])}</td></tr>")
     body.append("</table>")
+    if s.get("missing"):  # a report gathered while shards are still running (or some failed)
+        body.append(f"<h2>Missing runs ({len(s['missing'])})</h2><p>Not finished, or failed (see each train.log): "
+                    + ", ".join(f"{esc(m['variant'])} seed {m['seed']}" for m in s["missing"]) + ".</p>")
     body += ['<h2>Curves</h2><div class="plots">',
              chart("validation loss by tokens seen (each seed)", by_tokens, xlabel="tokens"),
              chart("convergence: validation loss by wall-clock seconds", by_time, xlabel="seconds"),

@@ -1,7 +1,8 @@
 """Decoder-only transformer: RMSNorm, rotary positions, SwiGLU, attention through SDPA.
 
-The layout follows Llama's (pre-norm, rotate-half RoPE, gate/up/down feed-forward), so weights map
-one to one onto a transformers `LlamaForCausalLM`, or with `qk_norm` onto a `Qwen3ForCausalLM`.
+The layout follows Llama's (pre-norm, rotate-half RoPE, gate/up/down feed-forward, grouped-query
+attention with `n_kv_head`), so weights map one to one onto a transformers `LlamaForCausalLM`, or with
+`qk_norm` onto a `Qwen3ForCausalLM`; a mixture of experts onto Mixtral, Qwen3-MoE or Qwen2-MoE (models/hf.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # under autocast q and k arrive in bf16 while the weight stays fp32; a weight of the input's dtype
+        # keeps torch on its fused kernel (a mismatch falls back with a "Mismatch dtype" warning every run)
+        weight = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+        return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +48,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 @dataclass
 class KVCache:
-    """Keys and values of every layer for incremental decoding; `length` tokens are filled."""
+    """Keys and values of every layer for incremental decoding, n_kv_head heads each (grouped-query
+    attention repeats them per group after reading); `length` tokens are filled."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
@@ -52,7 +57,7 @@ class KVCache:
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int, device, dtype) -> "KVCache":
-        shape = (batch, cfg.n_head, max_len, cfg.head_dim)
+        shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
         return cls([torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)],
                    [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)])
 
@@ -61,12 +66,22 @@ class KVCache:
         return self.keys[0].shape[2]
 
 
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, n_kv_head, T, D) keys or values as (B, n_kv_head * groups, T, D): key/value head j serves query
+    heads j * groups .. (j + 1) * groups - 1, as transformers' `repeat_kv` (repeat_interleave on the heads)."""
+    if groups == 1:
+        return x
+    B, K, T, D = x.shape
+    return x[:, :, None].expand(B, K, groups, T, D).reshape(B, K * groups, T, D)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
-        # q, k and v in one matmul: fewer, larger matmuls run faster on small shapes
-        self.qkv_proj = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        # q, k and v in one matmul: fewer, larger matmuls run faster on small shapes. Rows: n_head query
+        # heads, then n_kv_head key heads, then n_kv_head value heads, head_dim rows each
+        self.qkv_proj = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
         self.kernel = "sdpa"  # or "math"; chosen for the device and precision by `GPT.use_attention`
@@ -76,7 +91,9 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache: Optional[KVCache] = None, layer: int = 0):
         B, T, C = x.shape
-        q, k, v = self.qkv_proj(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        H, K = self.n_head, self.n_kv_head
+        # (B, H + 2K, T, D) split into views: with K == H the same strides as a (3, B, H, T, D) permute
+        q, k, v = self.qkv_proj(x).view(B, T, H + 2 * K, self.head_dim).transpose(1, 2).split([H, K, K], dim=1)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -92,6 +109,8 @@ class Attention(nn.Module):
                 causal = False
                 if T > 1:
                     mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        # the cache holds K heads; both kernels see every query head's keys and values
+        k, v = repeat_kv(k, H // K), repeat_kv(v, H // K)
         drop = self.dropout if self.training else 0.0
         causal = causal and self.causal
         if self.kernel == "math" and cache is None:
@@ -248,7 +267,8 @@ class SwiGLU(nn.Module):
 
 
 class MoE(nn.Module):
-    """Top-k routed SwiGLU experts, optionally with a shared expert every token passes through.
+    """Top-k routed SwiGLU experts, optionally with a shared expert every token passes through (with
+    `shared_gate`, scaled per token by sigmoid(x . w), as Qwen2-MoE's).
 
     Dispatch has fixed shapes, so torch.compile builds one graph: each expert takes at most
     `capacity` tokens per batch (capacity_factor x its fair share while training; every token in
@@ -270,6 +290,7 @@ class MoE(nn.Module):
         for w in (self.gate_up_weight, self.down_weight):  # the GPT around it re-initialises with depth scaling
             nn.init.normal_(w, std=cfg.init_std)
         self.shared = SwiGLU(cfg, m.expert_hidden) if m.shared_expert else None
+        self.shared_gate = nn.Linear(cfg.d_model, 1, bias=False) if m.shared_gate else None
 
     def capacity(self, n_tokens: int) -> int:
         if not self.training:
@@ -307,7 +328,10 @@ class MoE(nn.Module):
         scale = (weight.t().reshape(-1) * kept).to(y.dtype)
         out = torch.zeros_like(x, dtype=torch.float32).index_add_(0, token, (y * scale[:, None]).float()).to(x.dtype)
         if self.shared is not None:
-            out = out + self.shared(x)
+            shared = self.shared(x)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(x)) * shared
+            out = out + shared
         load = onehot.sum(0).float() / expert.numel()
         balance = E * (load * probs.mean(0)).sum()
         return out.reshape(shape), balance, load, 1.0 - kept.float().mean()
@@ -427,6 +451,24 @@ class GPT(ModelBase):
         if self.lm_head.bias is not None:
             non_embedding -= self.lm_head.bias.numel()
         # QK^T and AV: 2 * 2 * seq_len * d_model per layer forward, x3 with backward (PaLM's convention,
-        # counting the full square rather than the causal half).
+        # counting the full square rather than the causal half). Grouped-query attention leaves it as is:
+        # every query head still scores seq_len keys (shared keys and values shrink only the projections).
         attention = 12 * self.cfg.n_layer * self.cfg.seq_len * self.cfg.d_model
         return 6 * non_embedding + attention
+
+
+def init_hint(weights: dict[str, torch.Tensor], cfg: ModelConfig) -> str:
+    """A hint ("; set model.KEY=VALUE as its source has", or "") when another model's weights do not fit a GPT
+    of this config for a reason the weights show: their key/value heads (read from the fused q/k/v rows at
+    this config's n_head and head_dim), or a shared expert's gate."""
+    qkv = weights.get("blocks.0.attn.qkv_proj.weight")
+    if qkv is not None and qkv.ndim == 2 and qkv.shape[0] % cfg.head_dim == 0:
+        twice = qkv.shape[0] // cfg.head_dim - cfg.n_head
+        kv = twice // 2
+        if twice > 0 and twice % 2 == 0 and cfg.n_head % kv == 0 and kv != cfg.kv_heads:
+            return f"; set model.n_kv_head={kv} as its source has"
+    gated = any(k.endswith(".mlp.shared_gate.weight") for k in weights)
+    shared = any(".mlp.shared." in k for k in weights)
+    if shared and cfg.moe.shared_expert and gated != cfg.moe.shared_gate:
+        return f"; set model.moe.shared_gate={str(gated).lower()} as its source has"
+    return ""

@@ -181,7 +181,7 @@ class TokenMetrics:
             return
         self.nll += float(F.cross_entropy(logits, targets, reduction="sum"))
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-        hit = (top[:, 0] == targets).double()
+        hit = (top[:, 0] == targets).cpu().double()  # MPS has no float64
         self.correct += float(hit.sum())
         self.top5 += float((top == targets[:, None]).any(-1).sum())
         logp = logits.log_softmax(-1)

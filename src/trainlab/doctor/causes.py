@@ -1,0 +1,71 @@
+"""Root causes first. When several findings fire, one often accounts for another: a learning rate far
+above the usual range makes the first steps violent (which looks like a missing warmup), throws the
+run into divergence, and keeps the gradient clipped. The cause is what to fix, so the cause is listed
+and its effects are left out, named in its `explains`.
+
+The causal order is stated once, here: CAUSES maps a cause to the findings it explains. A finding is
+left out only when its cause is present (and, for the warmup, only when the peak lr is out of range).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from trainlab.charts import fmt
+from trainlab.doctor.detectors import HIGH_LR, _round_lr
+from trainlab.doctor.series import RunSeries
+from trainlab.findings import Finding
+
+CAUSES: dict[str, tuple[str, ...]] = {
+    # an lr far too high: early violence, divergence, clipping on every step and spikes all follow from it
+    "lr_too_high": ("no_warmup_instability", "diverged", "clip_too_strict", "loss_spikes", "grad_norm_rising"),
+    # no warmup at a sane lr: the early blow-up is the divergence
+    "no_warmup_instability": ("diverged", "loss_spikes"),
+    # a model too small for its vocabulary learns slowly whatever else is done
+    "capacity_too_small": ("undertrained", "lr_too_low"),
+    # a forecaster no better than naive: its falling loss says nothing
+    "no_better_than_naive": ("undertrained",),
+}
+
+
+def explain(findings: list[Finding], series: RunSeries) -> list[Finding]:
+    """The findings with effects folded into their causes (order kept; ranking comes after)."""
+    findings = _lr_before_warmup(list(findings), series)
+    present = {f.id: f for f in findings}
+    dropped: set[int] = set()
+    for cause, effects in CAUSES.items():
+        if cause not in present:
+            continue
+        for f in findings:
+            if f.id in effects and f is not present[cause] and id(f) not in dropped:
+                dropped.add(id(f))
+                if f.id not in present[cause].explains:
+                    present[cause].explains.append(f.id)
+    return [f for f in findings if id(f) not in dropped]
+
+
+def _lr_before_warmup(findings: list[Finding], series: RunSeries) -> list[Finding]:
+    """Warmup advice only where the peak lr is in a sane range: a warmup does not save a run whose lr is
+    far too high, so an early blow-up at such an lr is the lr's finding."""
+    warm = next((f for f in findings if f.id == "no_warmup_instability"), None)
+    peak = _peak_lr(series)
+    if warm is None or peak is None or peak < HIGH_LR:
+        return findings
+    if not any(f.id == "lr_too_high" for f in findings):
+        findings.append(Finding(
+            "lr_too_high", "high",
+            f"peak lr {fmt(peak)} is above the usual range for Adam on small transformers (1e-4 to 1e-2); "
+            + warm.evidence,
+            "The learning rate is the cause: at this rate the updates are too large for the weights' scale from "
+            "the first step, and a warmup would only delay the blow-up. Divide it by 10 or more (or run "
+            "`trainlab lr-find` and take its suggestion), then keep a short warmup.",
+            {"optim.lr": _round_lr(min(peak / 10, HIGH_LR / 3))}))
+    return findings
+
+
+def _peak_lr(series: RunSeries) -> Optional[float]:
+    peak = series.fact("peak_lr")
+    if peak is None:
+        _, lr = series.col("lr")
+        peak = float(lr.max()) if len(lr) else None
+    return peak
