@@ -16,9 +16,15 @@ from trainlab.doctor.detectors import HIGH_LR, _round_lr
 from trainlab.doctor.series import RunSeries
 from trainlab.findings import Finding
 
+# findings about speed and bookkeeping, not about how the loss behaved
+NOT_TRAINING = {"low_mfu", "input_bound", "precision_mismatch", "negative_loss_explained", "data_duplicates",
+                "train_val_leakage"}
+FAR_ABOVE = 3 * HIGH_LR  # a peak lr this far above the usual range is the cause, whatever else went wrong
+
 CAUSES: dict[str, tuple[str, ...]] = {
     # an lr far too high: early violence, divergence, clipping on every step and spikes all follow from it
-    "lr_too_high": ("no_warmup_instability", "diverged", "clip_too_strict", "loss_spikes", "grad_norm_rising"),
+    # (it explains a missing warmup's finding only far above the range: see _lr_before_warmup)
+    "lr_too_high": ("diverged", "clip_too_strict", "loss_spikes", "grad_norm_rising", "batch_too_small"),
     # no warmup at a sane lr: the early blow-up is the divergence
     "no_warmup_instability": ("diverged", "loss_spikes"),
     # a model too small for its vocabulary learns slowly whatever else is done
@@ -30,7 +36,7 @@ CAUSES: dict[str, tuple[str, ...]] = {
 
 def explain(findings: list[Finding], series: RunSeries) -> list[Finding]:
     """The findings with effects folded into their causes (order kept; ranking comes after)."""
-    findings = _lr_before_warmup(list(findings), series)
+    findings = _lr_far_above(_lr_before_warmup(list(findings), series), series)
     present = {f.id: f for f in findings}
     dropped: set[int] = set()
     for cause, effects in CAUSES.items():
@@ -44,15 +50,32 @@ def explain(findings: list[Finding], series: RunSeries) -> list[Finding]:
     return [f for f in findings if id(f) not in dropped]
 
 
+def _lr_far_above(findings: list[Finding], series: RunSeries) -> list[Finding]:
+    """A peak lr far above the usual range is a cause in itself when the run shows any trouble: whatever
+    else the other detectors saw (a noisy loss, a plateau, a blow-up) follows from it."""
+    peak = _peak_lr(series)
+    if peak is None or peak < FAR_ABOVE or any(f.id == "lr_too_high" for f in findings):
+        return findings
+    trouble = [f for f in findings if f.id not in NOT_TRAINING]
+    if not trouble:
+        return findings
+    return [Finding(
+        "lr_too_high", "high",
+        f"peak lr {fmt(peak)} is {peak / HIGH_LR:.0f}x the top of the usual range for Adam on small transformers "
+        f"(1e-4 to 1e-2); the run also shows " + ", ".join(f.id for f in trouble) + ".",
+        "Start from the learning rate: divide it by 10 or more (or run `trainlab lr-find`), then look again at "
+        "what remains.", {"optim.lr": _round_lr(min(peak / 10, HIGH_LR / 3))})] + findings
+
+
 def _lr_before_warmup(findings: list[Finding], series: RunSeries) -> list[Finding]:
     """Warmup advice only where the peak lr is in a sane range: a warmup does not save a run whose lr is
     far too high, so an early blow-up at such an lr is the lr's finding."""
     warm = next((f for f in findings if f.id == "no_warmup_instability"), None)
     peak = _peak_lr(series)
-    if warm is None or peak is None or peak < HIGH_LR:
+    if warm is None or peak is None or peak < FAR_ABOVE:
         return findings
     if not any(f.id == "lr_too_high" for f in findings):
-        findings.append(Finding(
+        findings.insert(findings.index(warm), Finding(
             "lr_too_high", "high",
             f"peak lr {fmt(peak)} is above the usual range for Adam on small transformers (1e-4 to 1e-2); "
             + warm.evidence,
@@ -60,7 +83,9 @@ def _lr_before_warmup(findings: list[Finding], series: RunSeries) -> list[Findin
             "the first step, and a warmup would only delay the blow-up. Divide it by 10 or more (or run "
             "`trainlab lr-find` and take its suggestion), then keep a short warmup.",
             {"optim.lr": _round_lr(min(peak / 10, HIGH_LR / 3))}))
-    return findings
+    lr = next(f for f in findings if f.id == "lr_too_high")
+    lr.explains.append(warm.id)
+    return [f for f in findings if f is not warm]
 
 
 def _peak_lr(series: RunSeries) -> Optional[float]:

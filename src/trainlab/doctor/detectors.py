@@ -85,8 +85,11 @@ def diverged(c: Curves) -> Optional[Finding]:
     s = c.s
     gave_up = [e for e in s.events if e.get("kind") in ("diverged",)]
     rollbacks = [e for e in s.events if e.get("kind") == "rollback"]
-    if c.n == 0:
-        return None
+    if c.n == 0:  # nothing finite was logged at all: diverged from the first logged step, if anything was
+        return Finding("diverged", "high", f"all {c.nonfinite} logged training losses are not finite.",
+                       "Training fell apart from the start. Lower the learning rate (a tenth), keep a warmup and "
+                       "gradient clipping at 1.0; `trainlab lr-find` measures where the loss blows up.",
+                       {"optim.lr": _round_lr(c.peak_lr / 10)} if c.peak_lr else {}) if c.nonfinite else None
     ended_above = c.n >= 10 and c.final() > c.initial() * 0.98 and float(c.sm.min()) < c.initial() * 0.9
     if not (c.nonfinite or gave_up or ended_above or len(rollbacks) >= 3):
         return None

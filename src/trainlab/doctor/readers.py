@@ -195,7 +195,8 @@ def read_hf_trainer_state(path: Path) -> RunSeries:
 
 
 def _unmask_nonfinite(series: RunSeries) -> None:
-    """The Trainer's `logging_nan_inf_filter` (on by default) leaves non-finite step losses out of the
+    """(Every foreign reader: the Trainer's numbers reach TensorBoard too.) The Trainer's
+    `logging_nan_inf_filter` (on by default) leaves non-finite step losses out of the
     logged mean, so a window whose every step was NaN logs a loss of exactly 0.0, while its grad_norm (or
     the evaluation after it) shows NaN. Such a 0.0 is a NaN."""
     bad_eval = [r["step"] for r in series.val if not math.isfinite(r.get("loss", 0.0))]
@@ -239,6 +240,7 @@ def read_lightning_csv(path: Path) -> RunSeries:
                 continue
             merged.setdefault((kind[0], step), {"step": step})[kind[1]] = value
     _fill(series, merged)
+    _unmask_nonfinite(series)
     if not series.train and not series.val:
         raise TrainlabError(f"'{path}' holds no loss column (train_loss, val_loss, ...)")
     _lr_facts(series)
@@ -267,6 +269,7 @@ def read_tensorboard(directory: Path) -> RunSeries:
                 merged.setdefault((kind[0], int(ev.step)), {"step": int(ev.step)})[kind[1]] = float(ev.value)
     series = RunSeries("tensorboard", Path(directory))
     _fill(series, merged)
+    _unmask_nonfinite(series)
     if not series.train and not series.val:
         raise TrainlabError(f"'{directory}': its events hold no loss scalars")
     _lr_facts(series)
