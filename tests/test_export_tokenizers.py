@@ -9,10 +9,10 @@ import pytest
 from conftest import cli
 
 PROMPT = "ROMEO:\nWhat light through yonder window breaks? ¿Qué?"
-# the prompt and its continuation fit the context (64 positions): past it trainlab slides its window while
+# the prompt and its continuation fit the context (96 positions): past it trainlab slides its window while
 # transformers extends the rotary positions, and the two would rightly differ
 SMALL = ["--set", "train.max_steps=12", "--set", "train.eval_interval=12", "--set", "checkpoint.interval=12",
-         "--set", "model.seq_len=64"]
+         "--set", "model.seq_len=96"]
 NEW = 16
 CASES = {
     "tiny-char": ["--preset", "tiny"],
