@@ -55,3 +55,52 @@ def snapshot(trainer) -> dict:
 
     walk("opt", trainer.optimizer.state_dict())
     return out
+
+
+def assert_logits_match(theirs, ours, label: str) -> None:
+    """transformers' and trainlab's logits agree at fp32 (1e-4); prints the largest difference."""
+    import torch
+
+    diff = (theirs - ours).abs().max().item()
+    print(f"{label}: max abs logit diff {diff:.2e}")
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+
+
+def kernel_outputs(model, x) -> tuple[list, list]:
+    """Logits and the first block's qkv gradient under the `sdpa` and then the `math` attention kernel."""
+    outs, grads = [], []
+    for kernel in ("sdpa", "math"):
+        model.use_attention(kernel)
+        model.zero_grad()
+        logits = model(x)
+        logits.logsumexp(-1).sum().backward()
+        outs.append(logits.detach())
+        grads.append(model.blocks[0].attn.qkv_proj.weight.grad.clone())
+    return outs, grads
+
+
+def exported_run_matches(out, run, prompt: str, label: str, new_tokens: int = 12):
+    """An exported causal run in transformers: AutoTokenizer gives trainlab's ids, logits match, greedy text
+    is trainlab's, and init_from reads back the very tensors. Returns transformers' model."""
+    import torch
+    import transformers
+
+    from trainlab.inference import load_run
+    from trainlab.models.generate import generate
+    from trainlab.models.hf import load_transformers_dir
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    ours = load_run(run)
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    assert ids == list(ours.tokenizer.encode(prompt))
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        assert_logits_match(hf(x).logits, ours.model(x), label)
+        theirs = hf.generate(x, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+    mine = generate(ours.model, x, new_tokens, temperature=0.0)
+    assert tok.decode(theirs[0, x.shape[1]:].tolist()) == ours.tokenizer.decode(mine[0].tolist())
+    state = ours.model.state_dict()
+    for k, v in load_transformers_dir(out).items():
+        assert torch.equal(v, state[k]), k
+    return hf

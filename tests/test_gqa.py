@@ -15,7 +15,7 @@ from trainlab.errors import ConfigError
 from trainlab.models.generate import generate
 from trainlab.models.gpt import GPT, KVCache, init_hint
 
-from conftest import cli
+from conftest import assert_logits_match, cli, exported_run_matches, kernel_outputs
 
 VOCAB = 97
 
@@ -39,12 +39,6 @@ def random_model(cfg: ModelConfig, seed: int = 0) -> GPT:
 
 def tokens(n: int = 24, batch: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, n), generator=torch.Generator().manual_seed(seed))
-
-
-def assert_logits_match(theirs: torch.Tensor, ours: torch.Tensor, label: str) -> None:
-    diff = (theirs - ours).abs().max().item()
-    print(f"{label}: max abs logit diff {diff:.2e}")
-    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
 
 
 def test_n_kv_head_must_divide_n_head():
@@ -85,16 +79,7 @@ def test_both_kernels_equal_a_model_with_a_key_value_head_per_query_head(kernel)
 
 
 def test_math_kernel_equals_sdpa_in_values_and_gradients():
-    model = random_model(gqa_cfg())
-    x = tokens()
-    outs, grads = [], []
-    for kernel in ("sdpa", "math"):
-        model.use_attention(kernel)
-        model.zero_grad()
-        logits = model(x)
-        logits.logsumexp(-1).sum().backward()
-        outs.append(logits.detach())
-        grads.append(model.blocks[0].attn.qkv_proj.weight.grad.clone())
+    outs, grads = kernel_outputs(random_model(gqa_cfg()), tokens())
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
@@ -206,34 +191,16 @@ def test_a_transformers_gqa_model_loads_with_the_same_logits(tmp_path, qk_norm):
 
 
 def test_a_tiny_gqa_run_exports_to_transformers_and_generates_the_same_text(tmp_path):
-    import transformers
-
-    from trainlab.inference import load_run
-    from trainlab.models.hf import load_transformers_dir
-
     run, out = tmp_path / "run", tmp_path / "hf"
     heads = ["--set", "model.n_head=4", "--set", "model.n_kv_head=2"]
     cli("train", "--preset", "tiny", *heads, "--set", "train.max_steps=30", "--run-dir", str(run))
     cli("export", str(run), "--format", "hf", "--out", str(out))
     config = json.loads((out / "config.json").read_text())
     assert config["num_key_value_heads"] == 2 and config["num_attention_heads"] == 4
-    tok = transformers.AutoTokenizer.from_pretrained(str(out))
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    # "ROMEO:\nWhat" with 12 new tokens stays inside the tiny preset's 32-token context; init_from reads the
+    # export back as the same tensors, and a model without grouping is refused with a hint
+    hf = exported_run_matches(out, run, "ROMEO:\nWhat", "tiny run n_head=4 n_kv_head=2, exported")
     assert hf.config.num_key_value_heads == 2
-    ours = load_run(run)
-    prompt = "ROMEO:\nWhat"  # with 12 new tokens, inside the tiny preset's 32-token context
-    ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    assert ids == list(ours.tokenizer.encode(prompt))
-    x = torch.tensor([ids])
-    with torch.no_grad():
-        assert_logits_match(hf(x).logits, ours.model(x), "tiny run n_head=4 n_kv_head=2, exported")
-        theirs = hf.generate(x, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
-    mine = generate(ours.model, x, 12, temperature=0.0)
-    assert tok.decode(theirs[0, x.shape[1]:].tolist()) == ours.tokenizer.decode(mine[0].tolist())
-    # init_from reads it back: the same tensors; a model without grouping is refused with a hint
-    weights = load_transformers_dir(out)
-    for k, v in weights.items():
-        assert torch.equal(v, ours.model.state_dict()[k]), k
     proc = cli("train", "--preset", "tiny", "--set", "model.n_head=4", "--set", f"init_from={out}",
                "--run-dir", str(tmp_path / "mismatch"), check=False)
     assert proc.returncode == 2 and "do not fit" in proc.stderr and "set model.n_kv_head=2" in proc.stderr

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from trainlab.config import ModelConfig
 from trainlab.models.gpt import GPT, KVCache
 
+from conftest import kernel_outputs
+
 
 def tiny_model(seed: int = 0, **kw) -> GPT:
     torch.manual_seed(seed)
@@ -97,14 +99,7 @@ def test_math_attention_equals_sdpa(dropout):
     logits and gradients; with dropout both are the same model in eval mode."""
     model = tiny_model(dropout=dropout)
     x = torch.randint(0, 50, (2, 20))
-    outs, grads = [], []
-    for kernel in ("sdpa", "math"):
-        model.use_attention(kernel)
-        model.zero_grad()
-        logits = model(x)
-        logits.logsumexp(-1).sum().backward()
-        outs.append(logits.detach())
-        grads.append(model.blocks[0].attn.qkv_proj.weight.grad.clone())
+    outs, grads = kernel_outputs(model, x)
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
     if dropout == 0.0:
         torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
