@@ -18,7 +18,7 @@ demo: venv
 	$(BIN)/python -m trainlab data get shakespeare
 	$(BIN)/python -m trainlab train --preset shakespeare-char --run-dir runs/demo --fresh
 	$(BIN)/python -m trainlab generate runs/demo --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 --top-k 40 --seed 1
-	$(BIN)/python -m trainlab doctor runs/demo
+	$(BIN)/python -m trainlab doctor runs/demo --self-check
 
 # the report test renders report.html in headless Chromium (Debian's package; the machines run as root)
 chromium:

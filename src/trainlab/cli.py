@@ -81,7 +81,13 @@ def train(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set_:
 
 @app.command()
 def estimate(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set_: Optional[List[str]] = SET,
-             measure: bool = typer.Option(False, "--measure", help="Time a few real training steps."),
+             measure: bool = typer.Option(False, "--measure", help="Time a few real training steps of the full config."),
+             probe: bool = typer.Option(True, "--probe/--no-probe",
+                                        help="Time and memory from real steps of the config at depth 1 and 3 on "
+                                             "this machine (seconds; a compiled config about 25 s), cached. "
+                                             "--no-probe: the matmul peak and an assumed efficiency."),
+             gpu: Optional[str] = typer.Option(None, "--gpu", help="Estimate for a GPU this machine lacks, from its "
+                                                                   "spec sheet: T4, V100, L4, A100, H100."),
              processes: int = typer.Option(1, "--processes", min=1, help="Processes the run will use (torchrun "
                                                                             "--nproc-per-node): tokens per step count all of them."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON (the contract in DESIGN.md).")) -> None:
@@ -103,17 +109,24 @@ def estimate(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, se
         cfg, data = prepared(cfg, log=lambda s: None)
         task = task_class(cfg.task)(cfg, data, torch.device("cpu"))
 
-    here = hardware.resolve_device("auto")
-    # a device this machine lacks (a T4 from a laptop) is estimated without timing it here
-    device = here if cfg.train.device in ("auto", here.type) else torch.device(cfg.train.device)
-    if measure and device != here:
-        from trainlab.errors import TrainlabError
+    from trainlab.experiment.estimate import target
 
-        raise TrainlabError(f"--measure needs the target device; train.device={cfg.train.device} is not on this machine")
-    # an explicit precision is taken as given, so a T4's fp16 run can be estimated from a laptop
-    precision = cfg.train.precision if cfg.train.precision != "auto" else hardware.resolve_precision("auto", device)
+    here = hardware.resolve_device("auto")
+    device, precision, gpu = target(cfg, gpu, here)
+    if measure and (device != here or gpu is not None):
+        raise TrainlabError(f"--measure needs the target device; {gpu or cfg.train.device} is not on this machine")
     tokens_per_s = measure_throughput(cfg, data) if measure else None
-    result = run_estimate(cfg, precision, device, task, tokens_per_s, world=processes)
+    timing = None
+    if probe and not measure and gpu is None and device == here and hardware.native(precision, device):
+        from trainlab.experiment.probe import probe as run_probe
+
+        if data is None:  # the probe's processes read the prepared data; prepare (and cache) it once here
+            from trainlab.tasks import prepared, task_class
+
+            cfg, data = prepared(cfg, log=lambda s: None)
+            task = task_class(cfg.task)(cfg, data, torch.device("cpu"))
+        timing = run_probe(cfg, precision, device, log=lambda s: print(s, file=sys.stderr))
+    result = run_estimate(cfg, precision, device, task, tokens_per_s, world=processes, timing=timing, gpu=gpu)
     print(json.dumps(result, indent=1) if as_json else format_table(result))
 
 
@@ -194,13 +207,25 @@ def doctor(path: Path = typer.Argument(..., help="A run directory, trainer_state
            probe: bool = typer.Option(False, "--probe", help="Generate from validation prompts and measure repetition."),
            out: Optional[Path] = typer.Option(None, "--out", help="Where diagnosis.json and report.html go; default: "
                                               "the run directory, or doctor/ beside another tool's logs."),
-           no_data_check: bool = typer.Option(False, "--no-data-check", help="Skip checking the run's data.")) -> None:
+           no_data_check: bool = typer.Option(False, "--no-data-check", help="Skip checking the run's data."),
+           self_check: bool = typer.Option(False, "--self-check", help="For a trainlab run made on this machine: "
+                                           "a fresh `trainlab estimate` of its config (a probe of a few seconds, "
+                                           "about 25 s compiled) against its measured tokens/s and peak memory; "
+                                           "noted when they differ by more than 25%.")) -> None:
     """Diagnose a run: findings with evidence and config changes, and report.html."""
     import json
 
     from trainlab.doctor import diagnose, out_dir_for, summary, write_outputs
 
     diag = diagnose(path, probe=probe, check_data=not no_data_check)
+    if self_check and diag.series.source == "trainlab":
+        from trainlab.experiment.estimate import self_check as check_estimate
+        from trainlab.experiment.estimate import self_check_note
+
+        diag.estimate_check = check_estimate(diag.series, log=lambda line: print(line, file=sys.stderr))
+        diag.notes.append(self_check_note(diag.estimate_check))
+    elif self_check:
+        diag.notes.append("estimate self-check not run: it needs a trainlab run (its config)")
     _, report = write_outputs(diag, out_dir_for(diag.series, out))
     if as_json:
         print(json.dumps(diag.to_json(), indent=1))

@@ -112,6 +112,17 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "fp32"  # MPS: autocast support varies by macOS and torch version
 
 
+# Dense (no sparsity) tensor-core peaks from the vendors' spec sheets, FLOP/s; fp32 is the plain fp32 peak.
+# What `trainlab estimate --gpu NAME` uses for a GPU this machine lacks: spec figures, not measurements.
+GPU_SPECS: dict[str, dict] = {
+    "T4": {"flops": {"fp16": 65e12, "fp32": 8.1e12}, "memory_gib": 15.0, "capability": "7.5"},
+    "V100": {"flops": {"fp16": 125e12, "fp32": 15.7e12}, "memory_gib": 16.0, "capability": "7.0"},
+    "L4": {"flops": {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12}, "memory_gib": 22.5, "capability": "8.9"},
+    "A100": {"flops": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}, "memory_gib": 40.0, "capability": "8.0"},
+    "H100": {"flops": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}, "memory_gib": 80.0, "capability": "9.0"},
+}
+
+
 def attention_kernel(choice: str, device: torch.device, precision: str, seq_len: int) -> str:
     """`math` where the explicit form (trainlab::blocked_attention) beats scaled_dot_product_attention: bf16 on a CPU,
     short sequences (its flash kernel is several times slower there, bench/throughput.py --attention)."""

@@ -22,6 +22,7 @@ class Diagnosis:
     probe: Optional[dict[str, Any]] = None
     data_check: Optional[dict[str, Any]] = None
     notes: list[str] = field(default_factory=list)
+    estimate_check: Optional[dict[str, Any]] = None  # a fresh estimate against the run's measured speed and memory
 
     @property
     def verdict(self) -> str:
@@ -37,6 +38,8 @@ class Diagnosis:
             out["data_check"] = self.data_check
         if self.notes:
             out["notes"] = self.notes
+        if self.estimate_check is not None:
+            out["estimate_check"] = self.estimate_check
         return out
 
 
