@@ -103,8 +103,12 @@ def _run_child(cfg: RunConfig) -> dict[str, float]:
 
 
 def _rss() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    """The resident set now (Linux); elsewhere (macOS) the peak so far, which is what it is before training."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return _peak_rss()
 
 
 def _peak_rss() -> int:
@@ -130,6 +134,8 @@ def _child() -> None:
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
+        elif device.type == "mps":
+            torch.mps.synchronize()
 
     with tempfile.TemporaryDirectory(prefix="trainlab-probe-") as where:
         trainer = Trainer(cfg, data, Path(where), log=lambda s: None)
