@@ -23,7 +23,7 @@ LAYERS = [
     ("cli", ["trainlab.cli", "trainlab.__main__"]),
     ("experiment", ["trainlab.experiment"]),
     ("doctor", ["trainlab.doctor"]),
-    ("inference and export", ["trainlab.inference", "trainlab.export"]),
+    ("inference and export", ["trainlab.inference", "trainlab.export", "trainlab.forecast"]),
     ("train", ["trainlab.train"]),
     ("presets and the run directory", ["trainlab.presets", "trainlab.rundir"]),
     ("tasks", ["trainlab.tasks"]),

@@ -23,14 +23,17 @@ VOCAB = 97
 BATCH = 2
 SMALL = ["model.n_layer=2", "model.n_head=2", "model.d_model=32", "model.seq_len=32", "model.dropout=0.0",
          f"model.vocab_size={VOCAB}"]
-PRESETS = {"causal_lm": "tiny", "sft": "shakespeare-sft", "masked_lm": "micro-bert", "series_tokenizer": "kronos-btc"}
+PRESETS = {"causal_lm": "tiny", "sft": "shakespeare-sft", "masked_lm": "micro-bert", "series_tokenizer": "kronos-btc",
+           "series_forecast": "kronos-btc-forecast"}
 """Each task's own preset, so its model is built as that preset builds it (tied or not, biases, widths);
 a task missing here starts from the defaults."""
-OVERRIDES = {"series_tokenizer": ["series.lookback=24", "series.pred_len=8", "series.s1_bits=4", "series.s2_bits=4"]}
+OVERRIDES = {"series_tokenizer": ["series.lookback=24", "series.pred_len=8", "series.s1_bits=4", "series.s2_bits=4"],
+             "series_forecast": ["series.lookback=24", "series.pred_len=8", "series.s1_bits=4", "series.s2_bits=4"]}
 FIT: dict[str, Callable[[RunConfig], RunConfig]] = {
     # what the task's configure() takes from the data: the window is the model's sequence (the feature
     # count, len(series.features), is read by build_model itself)
     "series_tokenizer": lambda cfg: cfg.updated({"model": {"seq_len": cfg.series.window}}),
+    "series_forecast": lambda cfg: cfg.updated({"model": {"seq_len": cfg.series.window}}),
 }
 
 
@@ -63,7 +66,17 @@ def _candles(cfg: RunConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
     return {"input": x, "target": x.clone()}
 
 
-BATCHES = {"causal_lm": _tokens, "sft": _tokens, "masked_lm": _masked, "series_tokenizer": _candles}
+def _codes(cfg: RunConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """A forecaster's window: code ids and calendar of seq_len + 1 candles, inputs and next-candle targets."""
+    T, s = cfg.model.seq_len + 1, cfg.series
+    s1, s2 = (torch.randint(0, 2 ** bits, (BATCH, T), generator=gen) for bits in (s.s1_bits, s.s2_bits))
+    hour, wday = torch.randint(0, 24, (BATCH, T), generator=gen), torch.randint(0, 7, (BATCH, T), generator=gen)
+    return {"input": s1[:, :-1], "s2": s2[:, :-1], "hour": hour[:, :-1], "wday": wday[:, :-1], "next_s1": s1[:, 1:],
+            "next_s2": s2[:, 1:]}
+
+
+BATCHES = {"causal_lm": _tokens, "sft": _tokens, "masked_lm": _masked, "series_tokenizer": _candles,
+           "series_forecast": _codes}
 
 
 def task_loss(cfg: RunConfig, model) -> tuple[torch.Tensor, int]:

@@ -175,15 +175,61 @@ def lr_find(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set
     print("trainlab train " + " ".join(shlex.quote(a) for a in args))
 
 
+COLUMNS = typer.Option(None, "--columns", help="A forecaster's CSV columns by candle field, for names the "
+                       "aliases miss: timestamp=Date,volume=VolumeFrom.")
+
+
 @app.command("eval")
 def eval_(run: Path = typer.Argument(..., help="A run directory."),
-          data: Optional[Path] = typer.Option(None, "--data", help="Another text file or .jsonl to evaluate on.")) -> None:
-    """Evaluate a run's best checkpoint on its validation split or on another file."""
+          data: Optional[Path] = typer.Option(None, "--data", help="Another text file, .jsonl or candle .csv to "
+                                              "evaluate on."),
+          columns: Optional[str] = COLUMNS,
+          samples: int = typer.Option(100, "--samples", min=2, help="Forecaster: sampled paths per origin."),
+          stride: int = typer.Option(3, "--stride", min=1, help="Forecaster: rows between origins."),
+          origins: int = typer.Option(400, "--origins", min=0, help="Forecaster: at most this many origins, "
+                                      "spread evenly (0: all)."),
+          seed: int = typer.Option(0, "--seed", help="Forecaster: the sampling seed.")) -> None:
+    """Evaluate a run's best checkpoint on its validation split or on another file. A forecaster gets a
+    walk-forward evaluation against naive baselines at horizons 1, 6 and 24 on its test period (with --data,
+    on every origin of the file), written to forecast_eval.json."""
     import json
 
+    from trainlab import forecast
+
+    if forecast.is_forecaster(run):
+        result = forecast.walk_forward(run, data, forecast.parse_columns(columns), samples, stride, origins, seed,
+                                       log=lambda line: print(line, file=sys.stderr))
+        print(Path(result["path"]).with_name("forecast_eval.md").read_text(encoding="utf-8"), end="")
+        print(f"written: {result['path']}")
+        return
+    if columns:
+        raise TrainlabError("--columns applies to a forecaster's run")
     from trainlab.inference import evaluate_run
 
     print(json.dumps(evaluate_run(run, data), indent=1))
+
+
+@app.command("forecast")
+def forecast_(run: Path = typer.Argument(..., help="A forecaster's run directory (task series_forecast)."),
+              horizon: int = typer.Option(..., "--horizon", min=1, help="Steps to forecast."),
+              data: Optional[Path] = typer.Option(None, "--data", help="A candle CSV (default: the run's own data)."),
+              columns: Optional[str] = COLUMNS,
+              at: Optional[str] = typer.Option(None, "--at", help="The timestamp of the last observed row "
+                                               "(default: the file's last row)."),
+              samples: int = typer.Option(100, "--samples", min=2, help="Sampled paths."),
+              temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="Default: the one "
+                                                          "calibrated on validation (with its spread scale)."),
+              top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+              seed: int = typer.Option(0, "--seed"),
+              out: Optional[Path] = typer.Option(None, "--out", help="Default: RUN/forecasts/<at>/.")) -> None:
+    """Sample future candles from a forecaster: forecast.csv (quantiles of the close) and forecast.png."""
+    from trainlab import forecast
+
+    result = forecast.forecast(run, horizon, data, forecast.parse_columns(columns), at, samples, temperature, top_p,
+                               seed, out, log=lambda line: print(line, file=sys.stderr))
+    plot = "forecast.png" if result["plot"] else "no plot (pip install 'trainlab[plots]')"
+    print(f"{result['samples']} paths from {result['at']}, {result['horizon']} steps, temperature "
+          f"{result['temperature']:g}: {result['out']}/forecast.csv, {plot}")
 
 
 @app.command()

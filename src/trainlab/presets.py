@@ -149,6 +149,26 @@ def kronos_btc() -> RunConfig:
     return cfg
 
 
+def kronos_btc_forecast() -> RunConfig:
+    """The Kronos predictor on hourly BTC: an autoregressive decoder over the codes of a kronos-btc tokenizer
+    run (give it with --set series.tokenizer_run=RUN), frozen. Train, validation and test are chronological;
+    validation (5%) and test (the last 5%) lie after the tokenizer's training rows (its data.val_fraction
+    0.1). Windows of the tokenizer's lookback plus 24 hours, so horizons up to a day are in the training
+    windows; sized for a few minutes on 2 CPU cores."""
+    cfg = kronos_btc()
+    cfg.task = "series_forecast"
+    cfg.data = cfg.data.model_copy(update=dict(val_fraction=0.05))
+    cfg.series = cfg.series.model_copy(update=dict(pred_len=24, test_fraction=0.05, stride=1))
+    cfg.model = cfg.model.model_copy(update=dict(n_layer=2, n_head=4, d_model=64, dropout=0.1))
+    cfg.optim = cfg.optim.model_copy(update=dict(lr=2e-3, weight_decay=0.05, betas=(0.9, 0.95), grad_clip=1.0))
+    cfg.schedule = cfg.schedule.model_copy(update=dict(name="cosine", warmup_steps=50, min_lr_ratio=0.1))
+    cfg.train = cfg.train.model_copy(update=dict(batch_size=32, max_seconds=180.0, eval_interval=100,
+                                                 eval_batches=8, log_interval=10, sample_tokens=0, compile=False))
+    cfg.early_stopping = cfg.early_stopping.model_copy(update=dict(patience=5, min_delta=1e-4))
+    cfg.checkpoint = cfg.checkpoint.model_copy(update=dict(interval=200, save_top_k=1))
+    return cfg
+
+
 def micro_bert() -> RunConfig:
     """Seed 000's balanced micro-BERT as a masked LM on Shakespeare, sized for 3 minutes on 2 CPU cores.
 
@@ -180,6 +200,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "shakespeare-bpe": shakespeare_bpe,
     "shakespeare-sft": shakespeare_sft,
     "kronos-btc": kronos_btc,
+    "kronos-btc-forecast": kronos_btc_forecast,
     "micro-bert": micro_bert,
 }
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -23,6 +25,15 @@ if TYPE_CHECKING:  # the section is declared with its task, a layer above
 from trainlab.errors import DataError
 
 REQUIRED = ("open", "high", "low", "close", "volume")
+QUOTES = ("usd", "usdt", "usdc", "eur", "gbp", "jpy", "krw", "quote", "to")
+ALIASES = {
+    "timestamp": ("timestamp", "date", "time", "datetime", "unix", "unix timestamp", "open time", "open_time"),
+    "volume": ("volume", "volumefrom", "volume_from", "volume from", "vol"),
+    "amount": ("amount", "volumeto", "volume_to", "volume to", "quote asset volume", "quote_volume",
+               "quote volume", "turnover"),
+}
+STAMP_FORMATS = ("%Y-%m-%d %I-%p", "%Y-%m-%d %H:%M", "%Y-%m-%d %H-%M", "%m/%d/%Y %H:%M", "%m/%d/%Y", "%d.%m.%Y %H:%M",
+                 "%d.%m.%Y")
 
 
 @dataclass
@@ -31,6 +42,92 @@ class Candles:
     values: np.ndarray  # (rows, features) float64
     features: list[str]
     path: Path
+    times: Optional[np.ndarray] = None  # unix seconds of each row (float64), None when the stamps do not parse
+    notes: list[str] = field(default_factory=list)  # what the reader decided (newest-first reversed, amount filled)
+
+    def calendar(self) -> tuple[np.ndarray, np.ndarray]:
+        """(hour of day 0-23, weekday 0-6, Monday 0) of each row, UTC; zeros without parsed timestamps."""
+        if self.times is None:
+            zeros = np.zeros(len(self.values), dtype=np.int64)
+            return zeros, zeros
+        seconds = np.floor(self.times).astype(np.int64)
+        return (seconds // 3600) % 24, ((seconds // 86400) + 3) % 7  # 1970-01-01 was a Thursday
+
+    def spacing(self) -> Optional[float]:
+        """The median time between rows in seconds (None without timestamps)."""
+        if self.times is None or len(self.times) < 2:
+            return None
+        return float(np.median(np.diff(self.times)))
+
+
+def _column_kind(name: str) -> Optional[str]:
+    """The candle field a header names by itself (aliases, any case), or None."""
+    if name in ("", "unnamed: 0"):
+        return "timestamp"
+    for kind, names in ALIASES.items():
+        if name in names:
+            return kind
+    if name in ("open", "high", "low", "close"):
+        return name
+    for sep in ("_", " "):  # CryptoDataDownload's `Volume BTC` / `Volume USD`, `volume_btc`
+        if name.startswith("volume" + sep):
+            return "amount" if name[7:].strip() in QUOTES else "base_volume"
+    return None
+
+
+def map_columns(header: list[str], columns: Optional[dict[str, str]], path: Path) -> dict[str, int]:
+    """Candle field -> column index: `columns` (name=Column) first, then the aliases. A plain `volume` beside
+    a base-currency volume column (`volume_btc`, as in older CryptoDataDownload files) is the quote amount."""
+    lower = [h.strip().lower() for h in header]
+    found: dict[str, int] = {}
+    for name, column in (columns or {}).items():
+        if column.strip().lower() not in lower:
+            raise DataError(f"--columns/series.columns maps {name} to '{column}', not a column of '{path}' "
+                            f"(columns: {', '.join(h for h in header if h) or 'none'})")
+        found[name] = lower.index(column.strip().lower())
+    kinds = [_column_kind(h) for h in lower]
+    if "base_volume" in kinds and "volume" in kinds and "amount" not in kinds:
+        kinds[kinds.index("volume")] = "amount"
+    for i, kind in enumerate(kinds):
+        kind = "volume" if kind == "base_volume" else kind
+        if kind and kind not in found and i not in found.values():
+            found[kind] = i
+    return found
+
+
+def _header_at(lines: list[str], columns: Optional[dict[str, str]]) -> int:
+    """The first line that holds a close column (a banner such as CryptoDataDownload's comes before it)."""
+    wanted = {(columns or {}).get("close", "close").strip().lower()}
+    for i, line in enumerate(lines[:5]):
+        if wanted & {c.strip().lower() for c in next(csv.reader([line]), [])}:
+            return i
+    return 0
+
+
+def parse_time(text: str) -> Optional[float]:
+    """Unix seconds from ISO 8601, CryptoDataDownload's `2019-10-17 09-AM`, a few common layouts, or a number
+    of seconds or milliseconds; None when nothing fits. Naive times are taken as UTC."""
+    text = text.strip()
+    try:
+        number = float(text)
+        return number / 1000.0 if number > 1e11 else number
+    except ValueError:
+        pass
+    stamp = None
+    try:
+        stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        for form in STAMP_FORMATS:
+            try:
+                stamp = datetime.strptime(text, form)
+                break
+            except ValueError:
+                continue
+    if stamp is None:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp.timestamp()
 
 
 def source_path(cfg: DataConfig) -> Path:
@@ -45,36 +142,60 @@ def source_path(cfg: DataConfig) -> Path:
     return path
 
 
-def read_candles(path: Path, features: list[str]) -> Candles:
-    """Rows in file order (oldest first); `amount` is dropped from the features when the CSV lacks it."""
+def _read_rows(path: Path, columns: Optional[dict[str, str]]) -> tuple[list[str], list[list[str]]]:
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip().lower() for c in (reader.fieldnames or [])]
-            rows = list(reader)
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"cannot read candles from '{path}': {err}") from None
-    missing = [c for c in REQUIRED if c not in columns]
+    lines = lines[_header_at(lines, columns):]
+    rows = [r for r in csv.reader(lines) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise DataError(f"'{path}' is empty; a candle CSV needs a header and rows")
+    return rows[0], rows[1:]
+
+
+def read_candles(path: Path, features: list[str], columns: Optional[dict[str, str]] = None) -> Candles:
+    """Rows oldest first (a newest-first file is reversed); column names in any case with the common aliases,
+    or as `columns` maps them; a missing amount becomes volume x mean(open, high, low, close)."""
+    header, rows = _read_rows(path, columns)
+    where = map_columns(header, columns, path)
+    missing = [c for c in REQUIRED if c not in where]
     if missing:
         raise DataError(f"'{path}' lacks the column(s) {', '.join(missing)}; a candle CSV needs "
-                        f"{', '.join(REQUIRED)} (and optionally amount)")
-    use = [f for f in features if f in columns or f != "amount"]
-    unknown = [f for f in use if f not in columns]
+                        f"{', '.join(REQUIRED)} (and optionally amount; --columns maps other names)")
+    unknown = [f for f in features if f not in where and f not in ALIASES and f not in REQUIRED]
     if unknown:
         raise DataError(f"series.features names {', '.join(unknown)}, not a column of '{path}'")
-    names = dict(zip(columns, reader.fieldnames or []))
-    stamp_col = next((names[c] for c in ("timestamp", "date", "time", "datetime") if c in names), None)
-    values = np.empty((len(rows), len(use)), dtype=np.float64)
+    read = [f for f in features if f in where]
+    values = np.empty((len(rows), len(read)), dtype=np.float64)
     for i, row in enumerate(rows):
-        for j, f in enumerate(use):
+        for j, f in enumerate(read):
+            cell = row[where[f]] if where[f] < len(row) else ""
             try:
-                values[i, j] = float(row[names[f]])
-            except (TypeError, ValueError):
-                raise DataError(f"'{path}' line {i + 2}: {f} is {row[names[f]]!r}, not a number") from None
+                values[i, j] = float(cell)
+            except ValueError:
+                raise DataError(f"'{path}' line {i + 2}: {f} is {cell!r}, not a number") from None
     if not np.isfinite(values).all():
         raise DataError(f"'{path}' holds non-finite values")
-    stamps = [row[stamp_col] for row in rows] if stamp_col else [str(i) for i in range(len(rows))]
-    return Candles(stamps, values, use, Path(path))
+    notes = []
+    if "amount" in features and "amount" not in where:
+        ohlc = values[:, [read.index(c) for c in ("open", "high", "low", "close")]].mean(1)
+        values = np.concatenate([values, (values[:, read.index("volume")] * ohlc)[:, None]], axis=1)
+        read.append("amount")
+        notes.append("amount is volume x mean(open, high, low, close): the file has no amount column")
+    stamps = [row[where["timestamp"]] if where["timestamp"] < len(row) else "" for row in rows] \
+        if "timestamp" in where else [str(i) for i in range(len(rows))]
+    times = _times(stamps) if "timestamp" in where else None
+    if times is not None and len(times) > 1 and times[0] > times[-1]:
+        values, stamps, times = values[::-1].copy(), stamps[::-1], times[::-1].copy()
+        notes.append("rows were newest first; read oldest first")
+    order = [read.index(f) for f in features if f in read]
+    return Candles(stamps, values[:, order], [read[k] for k in order], Path(path), times, notes)
+
+
+def _times(stamps: list[str]) -> Optional[np.ndarray]:
+    parsed = [parse_time(s) for s in stamps]
+    return None if any(p is None for p in parsed) else np.array(parsed, dtype=np.float64)
 
 
 def normalise(window: np.ndarray, lookback: int, clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -111,7 +232,7 @@ class SeriesData:
 
 
 def load(cfg: DataConfig, series: SeriesConfig) -> SeriesData:
-    candles = read_candles(source_path(cfg), series.features)
+    candles = read_candles(source_path(cfg), series.features, series.columns)
     n = len(candles.values)
     split = int(round(n * (1 - cfg.val_fraction)))
     data = SeriesData(candles, split, series)

@@ -72,8 +72,9 @@ class SeriesTokenizer(ModelBase):
         self.decoder = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.dec_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.head = nn.Linear(cfg.d_model, n_features)
-        for block in [*self.encoder, *self.decoder]:
+        for block in self.decoder:
             block.attn.causal = False  # a window is reconstructed as a whole
+        self.causal_encoder(s.causal)
         cos, sin = rope_tables(cfg.head_dim, cfg.seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -94,6 +95,11 @@ class SeriesTokenizer(ModelBase):
             cos, sin = rope_tables(self.cfg.head_dim, self.cfg.seq_len, self.cfg.rope_theta)
             self.rope_cos.copy_(cos.to(self.rope_cos.device))
             self.rope_sin.copy_(sin.to(self.rope_sin.device))
+
+    def causal_encoder(self, on: bool = True) -> None:
+        """Whether a step's encoding (and so its codes) sees only the steps up to it."""
+        for block in self.encoder:
+            block.attn.causal = on
 
     def use_attention(self, kernel: str) -> None:
         for block in [*self.encoder, *self.decoder]:
@@ -126,3 +132,81 @@ class SeriesTokenizer(ModelBase):
         decoder = sum(p.numel() for p in self.decoder.parameters()) + self.head.weight.numel()
         attention = 12 * 3 * self.cfg.n_layer * self.cfg.seq_len * self.cfg.d_model
         return 6 * (self.num_params() + decoder) + attention
+
+
+class SeriesForecaster(ModelBase):
+    """An autoregressive decoder over a tokenizer's codes, one position per candle.
+
+    A position's input is the sum of embeddings of its coarse (s1) and fine (s2) codes, its hour of day and
+    its weekday. The causal blocks' output predicts the next candle's s1; s2 is predicted from that output
+    and the next s1 (the true one in training, the sampled one in generation), as Kronos does.
+    """
+
+    def __init__(self, cfg: ModelConfig, s: SeriesConfig):
+        super().__init__()
+        self.cfg, self.s = cfg, s
+        d = cfg.d_model
+        self.embed_s1 = nn.Embedding(2 ** s.s1_bits, d)
+        self.embed_s2 = nn.Embedding(2 ** s.s2_bits, d)
+        self.embed_hour = nn.Embedding(24, d)
+        self.embed_wday = nn.Embedding(7, d)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(d, cfg.norm_eps)
+        self.head_s1 = nn.Linear(d, 2 ** s.s1_bits, bias=False)
+        self.cond_s1 = nn.Embedding(2 ** s.s1_bits, d)  # the next s1, as s2's head sees it
+        self.cond_norm = RMSNorm(d, cfg.norm_eps)
+        self.cond_proj = nn.Linear(d, d)
+        self.head_s2 = nn.Linear(d, 2 ** s.s2_bits, bias=False)
+        cos, sin = rope_tables(cfg.head_dim, cfg.seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    reset_parameters = SeriesTokenizer.reset_parameters
+
+    def tables(self) -> int:
+        """Parameters that are only looked up: the code, calendar and conditioning embeddings."""
+        return sum(e.weight.numel() for e in (self.embed_s1, self.embed_s2, self.embed_hour, self.embed_wday,
+                                              self.cond_s1))
+
+    def num_params(self, exclude_embedding: bool = False) -> int:
+        total = sum(p.numel() for p in self.parameters())
+        return total - self.tables() if exclude_embedding else total
+
+    def use_attention(self, kernel: str) -> None:
+        for block in self.blocks:
+            block.attn.kernel = kernel
+
+    def extend(self, length: int) -> None:
+        """Rotary tables for at least `length` positions (generation past the training window)."""
+        if length > self.rope_cos.shape[0]:
+            cos, sin = rope_tables(self.cfg.head_dim, length, self.cfg.rope_theta)
+            self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
+
+    def hidden(self, s1: torch.Tensor, s2: torch.Tensor, hour: torch.Tensor, wday: torch.Tensor,
+               cache=None) -> torch.Tensor:
+        """The normalised output of the blocks at each position (B, T, d); with a KV cache, the new positions."""
+        x = self.embed_s1(s1) + self.embed_s2(s2) + self.embed_hour(hour) + self.embed_wday(wday)
+        start = cache.length if cache is not None else 0
+        T = x.shape[1]
+        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cache, layer)
+        if cache is not None:
+            cache.length += T
+        return self.norm(x)
+
+    def logits_s2(self, h: torch.Tensor, next_s1: torch.Tensor) -> torch.Tensor:
+        z = self.cond_norm(h + self.cond_s1(next_s1))
+        return self.head_s2(z + F.gelu(self.cond_proj(z)))
+
+    def forward(self, s1: torch.Tensor, s2: torch.Tensor, hour: torch.Tensor, wday: torch.Tensor,
+                next_s1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits of the next s1, logits of the next s2 given `next_s1`), each (B, T, codes)."""
+        h = self.hidden(s1, s2, hour, wday)
+        return self.head_s1(h).float(), self.logits_s2(h, next_s1).float()
+
+    def flops_per_token(self) -> int:
+        """6 per weight that multiplies (the embeddings only look up) plus attention, as the GPT counts it."""
+        attention = 12 * self.cfg.n_layer * self.cfg.seq_len * self.cfg.d_model
+        return 6 * self.num_params(exclude_embedding=True) + attention

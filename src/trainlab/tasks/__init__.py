@@ -9,6 +9,7 @@ guards, checkpoints, monitoring) belongs to the trainer and is the same for ever
     sft               instruction fine-tuning: loss on response tokens only
     masked_lm         BERT-style masked-token prediction
     series_tokenizer  Kronos-style candle tokenizer (binary spherical quantisation)
+    series_forecast   autoregressive forecaster over a frozen series tokenizer's codes
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ TASKS = {
     "sft": "trainlab.tasks.sft:SFT",
     "masked_lm": "trainlab.tasks.masked_lm:MaskedLM",
     "series_tokenizer": "trainlab.tasks.series_tokenizer:SeriesTokenizer",
+    "series_forecast": "trainlab.tasks.series_forecast:SeriesForecast",
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -57,6 +57,20 @@ class SeriesConfig(Section):
     """Augmentation: probability of zeroing a feature's column in a training input."""
     time_shift: int = Field(0, ge=0)
     """Augmentation: training windows start up to this many steps earlier or later."""
+    causal: bool = False
+    """The encoder attends only to earlier steps, so a candle's codes depend on no later row (what a
+    forecaster reads; series_forecast always encodes this way)."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """CSV columns by candle field, for names the aliases miss: {"timestamp": "Date", "volume": "VolumeFrom"}."""
+    tokenizer_run: Optional[str] = None
+    """series_forecast: the series_tokenizer run whose frozen codes it forecasts (no default; train one with
+    `--preset kronos-btc`)."""
+    test_fraction: float = Field(0.05, ge=0, lt=1)
+    """series_forecast: the last rows held out for the walk-forward evaluation (validation is the
+    data.val_fraction of rows just before them)."""
+    season: Optional[int] = Field(None, ge=1)
+    """series_forecast: steps in one season for the seasonal-naive baseline (default: 24 for hourly rows,
+    7 for daily rows)."""
 
     @property
     def window(self) -> int:
