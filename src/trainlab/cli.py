@@ -248,12 +248,17 @@ def generate(run: Path = typer.Argument(..., help="A run directory."),
 
 
 @app.command()
-def doctor(path: Path = typer.Argument(..., help="A run directory, trainer_state.json, metrics.csv or TensorBoard directory."),
+def doctor(path: Path = typer.Argument(..., help="A run directory, trainer_state.json, metrics.csv, a TensorBoard, "
+                                        "MLflow (mlruns/, mlflow.db) or W&B (offline run, history CSV) run, or a "
+                                        "console log."),
            as_json: bool = typer.Option(False, "--json", help="Print the diagnosis as JSON (the contract in DESIGN.md)."),
            probe: bool = typer.Option(False, "--probe", help="Generate from validation prompts and measure repetition."),
            out: Optional[Path] = typer.Option(None, "--out", help="Where diagnosis.json and report.html go; default: "
                                               "the run directory, or doctor/ beside another tool's logs."),
            no_data_check: bool = typer.Option(False, "--no-data-check", help="Skip checking the run's data."),
+           fmt: Optional[str] = typer.Option(None, "--format", help="Read the path as this format instead of "
+                                             "guessing: trainlab, hf_trainer, lightning, tensorboard, mlflow, "
+                                             "wandb or console."),
            self_check: bool = typer.Option(False, "--self-check", help="For a trainlab run made on this machine: "
                                            "a fresh `trainlab estimate` of its config (a probe of a few seconds, "
                                            "about 25 s compiled) against its measured tokens/s and peak memory; "
@@ -263,7 +268,7 @@ def doctor(path: Path = typer.Argument(..., help="A run directory, trainer_state
 
     from trainlab.doctor import diagnose, out_dir_for, summary, write_outputs
 
-    diag = diagnose(path, probe=probe, check_data=not no_data_check)
+    diag = diagnose(path, probe=probe, check_data=not no_data_check, fmt=fmt)
     if self_check and diag.series.source == "trainlab":
         from trainlab.experiment.estimate import self_check as check_estimate
         from trainlab.experiment.estimate import self_check_note

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from trainlab.doctor.causes import explain
-from trainlab.doctor.detectors import Finding, rank, run_detectors, verdict
+from trainlab.doctor.checks import run_checks
+from trainlab.doctor.detectors import Finding, rank, verdict
 from trainlab.doctor.readers import read
 from trainlab.doctor.series import RunSeries
 from trainlab.doctor.vocabulary import localize
@@ -22,6 +23,7 @@ class Diagnosis:
     probe: Optional[dict[str, Any]] = None
     data_check: Optional[dict[str, Any]] = None
     notes: list[str] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)  # {"id", "ran", "reason"} for each detector
     estimate_check: Optional[dict[str, Any]] = None  # a fresh estimate against the run's measured speed and memory
 
     @property
@@ -38,18 +40,21 @@ class Diagnosis:
             out["data_check"] = self.data_check
         if self.notes:
             out["notes"] = self.notes
+        if self.checks:
+            out["checks"] = self.checks
         if self.estimate_check is not None:
             out["estimate_check"] = self.estimate_check
         return out
 
 
-def diagnose(path: Path, probe: bool = False, check_data: bool = True) -> Diagnosis:
-    return diagnose_series(read(Path(path)), probe, check_data)
+def diagnose(path: Path, probe: bool = False, check_data: bool = True, fmt: Optional[str] = None) -> Diagnosis:
+    """`fmt` forces a reader (one of readers.FORMATS); by default the path's contents pick it."""
+    return diagnose_series(read(Path(path), fmt), probe, check_data)
 
 
 def diagnose_series(series: RunSeries, probe: bool = False, check_data: bool = True) -> Diagnosis:
-    findings = run_detectors(series)
-    diag = Diagnosis(series, findings)
+    findings, checks = run_checks(series)
+    diag = Diagnosis(series, findings, notes=list(series.notes), checks=checks)
     if series.source == "trainlab":
         _task_findings(diag, probe, check_data)
     elif probe:

@@ -24,11 +24,18 @@ FAR_ABOVE = 3 * HIGH_LR  # a peak lr this far above the usual range is the cause
 CAUSES: dict[str, tuple[str, ...]] = {
     # an lr far too high: early violence, divergence, clipping on every step and spikes all follow from it
     # (it explains a missing warmup's finding only far above the range: see _lr_before_warmup)
-    "lr_too_high": ("diverged", "clip_too_strict", "loss_spikes", "grad_norm_rising", "batch_too_small"),
+    # and so does the stall at a rate the weights cannot settle at (a plateau)
+    "lr_too_high": ("diverged", "clip_too_strict", "loss_spikes", "grad_norm_rising", "batch_too_small", "plateau"),
+    # a run that fell apart spiked, grew its gradients and stalled on the way
+    "diverged": ("loss_spikes", "grad_norm_rising", "plateau"),
     # no warmup at a sane lr: the early blow-up is the divergence
     "no_warmup_instability": ("diverged", "loss_spikes"),
+    # gradients that no longer reach the weights: the loss stops moving
+    "vanishing_gradients": ("plateau", "lr_too_low", "undertrained"),
+    # an lr that is not the configured one: what looks like a schedule's fault is the mismatch
+    "schedule_mismatch": ("schedule_decays_too_early", "plateau"),
     # a model too small for its vocabulary learns slowly whatever else is done
-    "capacity_too_small": ("undertrained", "lr_too_low"),
+    "capacity_too_small": ("undertrained", "lr_too_low", "plateau"),
     # a forecaster no better than naive: its falling loss says nothing
     "no_better_than_naive": ("undertrained",),
 }

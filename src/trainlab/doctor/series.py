@@ -16,16 +16,18 @@ class RunSeries:
 
     `train` and `val` are rows with a `step` and trainlab's names (loss, lr, grad_norm, acc, ...);
     `facts` holds what is known of the run's setup (peak lr, warmup, clipping, parameters, tokens per
-    step, precision, ...); a reader leaves out what its format does not record.
+    step, precision, ...); a reader leaves out what its format does not record, and says in `notes`
+    what a check would have needed.
     """
 
-    source: str  # trainlab | hf_trainer | lightning | tensorboard
+    source: str  # trainlab | hf_trainer | lightning | tensorboard | mlflow | wandb | console
     path: Path
     train: list[dict[str, Any]] = field(default_factory=list)
     val: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the reader could not tell (said in the report)
 
     def col(self, key: str, split: str = "train", finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of one metric, in step order; non-finite values dropped unless finite=False."""

@@ -1,0 +1,192 @@
+"""Make the doctor's console-log fixtures with real training scripts, their output kept as printed:
+
+- nanoGPT's own train.py (a checkout of https://github.com/karpathy/nanoGPT, given as NANOGPT=path):
+  its config/train_shakespeare_char.py on the bundled Shakespeare corpus (train.bin, val.bin and meta.pkl
+  written as its data/shakespeare_char/prepare.py writes them), a small model on the CPU, with the
+  overrides it prints;
+- Keras 3 (`model.fit(verbose=2)`, the torch backend): a causal-convolution character model, epoch lines;
+- a plain PyTorch loop (a 2-layer transformers Llama on the same windows) printing one line per epoch under
+  OneCycleLR as in seed 004's log (`epoch/`), and one printing `key=value` lines per step (`keyvalue/`).
+
+Cases: healthy, the learning rate x30 (`lr_too_high`), x0.01 (`lr_too_low`), and driven to NaN (`nan`:
+a huge lr without clipping) where the tool can make them. Outputs go to
+tests/fixtures/doctor/foreign/console/<tool>/<case>/train.log.
+
+    .venv/bin/pip install -r scripts/requirements-logs.txt
+    NANOGPT=/path/to/nanoGPT .venv/bin/python scripts/console_logs.py [nanogpt|keras|epoch|keyvalue ...] [--case=NAME ...]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "doctor" / "foreign" / "console"
+
+
+def save(tool: str, case: str, text: str) -> None:
+    dest = OUT / tool / case
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "train.log").write_text(text)
+    print(f"{tool}/{case}: {len(text.splitlines())} lines", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# nanoGPT
+
+NANO_CASES = {"healthy": ["--learning_rate=1e-3"], "lr_too_high": ["--learning_rate=3e-2"],
+              "lr_too_low": ["--learning_rate=1e-5"],
+              "nan": ["--learning_rate=20.0", "--grad_clip=0.0", "--decay_lr=False"]}
+
+
+def nanogpt() -> None:
+    src = Path(os.environ.get("NANOGPT", ""))
+    if not (src / "train.py").exists():
+        raise SystemExit("set NANOGPT to a checkout of nanoGPT (its train.py, model.py, configurator.py, config/)")
+    from trainlab.data.corpora import get_corpus
+
+    work = Path(tempfile.mkdtemp(prefix="trainlab-nanogpt-"))
+    for name in ("train.py", "model.py", "configurator.py", "config"):
+        (shutil.copytree if (src / name).is_dir() else shutil.copy)(src / name, work / name)
+    text = get_corpus("shakespeare").read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    data = work / "data" / "shakespeare_char"
+    data.mkdir(parents=True)
+    cut = int(0.9 * len(text))
+    np.array([stoi[c] for c in text[:cut]], dtype=np.uint16).tofile(data / "train.bin")
+    np.array([stoi[c] for c in text[cut:]], dtype=np.uint16).tofile(data / "val.bin")
+    with open(data / "meta.pkl", "wb") as fh:
+        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, fh)
+    small = ["--device=cpu", "--compile=False", "--dtype=float32", "--n_layer=2", "--n_head=2", "--n_embd=64",
+             "--block_size=64", "--batch_size=12", "--dropout=0.0", "--max_iters=400", "--lr_decay_iters=400",
+             "--warmup_iters=40", "--eval_interval=50", "--eval_iters=10", "--log_interval=5",
+             "--always_save_checkpoint=False"]
+    for case, extra in NANO_CASES.items():
+        if CHOSEN and case not in CHOSEN:
+            continue
+        proc = subprocess.run([sys.executable, "train.py", "config/train_shakespeare_char.py", *small, *extra],
+                              cwd=work, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+        save("nanogpt", case, proc.stdout)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Keras
+
+KERAS_CASES = {"healthy": (3e-3, 1.0), "lr_too_high": (9e-2, 1.0), "lr_too_low": (3e-5, 1.0), "nan": (50.0, None)}
+
+
+def keras_logs() -> None:
+    os.environ["KERAS_BACKEND"] = "torch"
+    import contextlib
+    import io
+
+    import keras
+
+    from foreign_logs import windows
+
+    train, val, vocab = windows()
+    seq = 64
+
+    def xy(ids, n, seed):
+        starts = np.random.default_rng(seed).integers(0, len(ids) - seq - 1, n)
+        x = np.stack([ids[s: s + seq] for s in starts])
+        return x, np.stack([ids[s + 1: s + seq + 1] for s in starts])
+
+    x, y = xy(train, 10 * 32 * 30, 0)
+    vx, vy = xy(val, 256, 1)
+    for case, (lr, clip) in KERAS_CASES.items():
+        if CHOSEN and case not in CHOSEN:
+            continue
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((seq,), dtype="int32"), keras.layers.Embedding(vocab, 64),
+                                  keras.layers.Conv1D(128, 8, padding="causal", activation="relu"),
+                                  keras.layers.Conv1D(128, 8, padding="causal", activation="relu"),
+                                  keras.layers.Dense(vocab)])
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr, clipnorm=clip),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            model.fit(x, y, batch_size=32, epochs=30, steps_per_epoch=10, validation_data=(vx, vy), verbose=2)
+        save("keras", case, printed.getvalue())
+
+
+# --------------------------------------------------------------------------------------------
+# a plain PyTorch loop
+
+LOOP_CASES = {"healthy": (3e-3, 1.0), "lr_too_high": (9e-2, 1.0), "lr_too_low": (3e-5, 1.0), "nan": (20.0, 0.0)}
+
+
+def loop_logs(style: str) -> None:
+    import torch
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from foreign_logs import SEQ, Windows, windows
+
+    torch.set_num_threads(2)
+    train, val, vocab = windows()
+    epochs, per_epoch, batch = 30, 10, 16
+    for case, (lr, clip) in LOOP_CASES.items():
+        if CHOSEN and case not in CHOSEN:
+            continue
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=192,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                             max_position_embeddings=SEQ, tie_word_embeddings=True))
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * per_epoch, pct_start=0.1)
+        data = torch.utils.data.DataLoader(Windows(train, epochs * per_epoch * batch, 0), batch_size=batch)
+        held = next(iter(torch.utils.data.DataLoader(Windows(val, 64, 1), batch_size=64)))
+        lines = [f"learning_rate = {lr}", f"max_grad_norm = {clip}", "scheduler = onecycle",
+                 f"seq_len = {SEQ}"] if style == "keyvalue" else []
+        it, losses, start = iter(data), [], time.time()
+        for step in range(1, epochs * per_epoch + 1):
+            b = next(it)
+            loss = model(**b).loss
+            opt.zero_grad()
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip else math.inf)
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+            if style == "keyvalue" and step % 5 == 0:
+                lines.append(f"step={step} loss={float(loss):.4f} lr={sched.get_last_lr()[0]:.3e} "
+                             f"grad_norm={float(norm):.3f}")
+            if step % per_epoch:
+                continue
+            with torch.no_grad():
+                vloss = float(model(**held).loss)
+            if style == "keyvalue" and step % 50 == 0:
+                lines.append(f"step={step} val_loss={vloss:.4f}")
+            elif style == "epoch":
+                e = step // per_epoch
+                lines.append(f"Epoch {e}/{epochs} | train loss: {np.mean(losses[-per_epoch:]):.4f} | "
+                             f"val loss: {vloss:.4f} | lr: {sched.get_last_lr()[0]:.6f} | "
+                             f"time: {time.time() - start:.1f}s")
+        save(style, case, "\n".join(lines) + "\n")
+
+
+CHOSEN = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--case=")]  # default: every case
+
+
+def main() -> None:
+    tools = {"nanogpt": nanogpt, "keras": keras_logs, "epoch": lambda: loop_logs("epoch"),
+             "keyvalue": lambda: loop_logs("keyvalue")}
+    for name in [a for a in sys.argv[1:] if not a.startswith("--")] or list(tools):
+        tools[name]()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""What every reader shares: other tools' metric names mapped to trainlab's, the Trainer's masked
+non-finite losses, and the peak lr and warmup read off a logged lr curve."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Optional
+
+from trainlab.doctor.series import RunSeries
+
+# metric names other tools use, mapped to trainlab's (after split prefixes are removed)
+ALIASES = {
+    "loss": "loss", "learning_rate": "lr", "lr": "lr", "grad_norm": "grad_norm", "gradient_norm": "grad_norm",
+    "accuracy": "acc", "acc": "acc", "perplexity": "ppl", "ppl": "ppl", "top5": "top5", "top5_acc": "top5",
+    "tokens_per_s": "tokens_per_s", "tokens_per_second": "tokens_per_s",
+}
+# the names `--format` takes, which are also the `source` a diagnosis reports
+FORMATS = ("trainlab", "hf_trainer", "lightning", "tensorboard", "mlflow", "wandb", "console")
+VAL_PREFIXES = ("val", "valid", "validation", "eval", "test")
+TRAIN_PREFIXES = ("train", "training")
+
+
+def classify(name: str) -> Optional[tuple[str, str]]:
+    """('train' | 'val', trainlab key) for a metric name such as 'val_loss', 'eval/loss',
+    'train_loss_step', 'lr-AdamW' or 'train/learning_rate'; None for names we do not use."""
+    low = name.strip().lower()
+    if low.startswith("lr-") or low.startswith("lr_") or low in ("lr", "learning_rate"):
+        return ("train", "lr")  # Lightning's LearningRateMonitor: lr-AdamW, lr-AdamW/pg1
+    parts = [p for p in re.split(r"[/_.\-]", low) if p]
+    if not parts:
+        return None
+    split = "train"
+    if parts[0] in VAL_PREFIXES:
+        split, parts = "val", parts[1:]
+    elif parts[0] in TRAIN_PREFIXES:
+        parts = parts[1:]
+    if parts and parts[-1] == "epoch":  # Lightning's per-epoch aggregate of a step metric
+        return None
+    if parts and parts[-1] == "step":
+        parts = parts[:-1]
+    key = ALIASES.get("_".join(parts))
+    return (split, key) if key else None
+
+
+
+def unmask_nonfinite(series: RunSeries) -> None:
+    """(Every foreign reader: the Trainer's numbers reach TensorBoard too.) The Trainer's
+    `logging_nan_inf_filter` (on by default) leaves non-finite step losses out of the
+    logged mean, so a window whose every step was NaN logs a loss of exactly 0.0, while its grad_norm (or
+    the evaluation after it) shows NaN. Such a 0.0 is a NaN."""
+    bad_eval = [r["step"] for r in series.val if not math.isfinite(r.get("loss", 0.0))]
+    for row in series.train:
+        if row.get("loss") != 0.0:
+            continue
+        grad = row.get("grad_norm")
+        if (grad is not None and not math.isfinite(grad)) or (grad is None and any(s >= row["step"] for s in bad_eval)):
+            row["loss"] = float("nan")
+            series.facts["masked_nonfinite"] = series.facts.get("masked_nonfinite", 0) + 1
+
+
+def fill(series: RunSeries, merged: dict[tuple[str, int], dict]) -> None:
+    for (split, _), row in sorted(merged.items(), key=lambda kv: kv[0][1]):
+        (series.train if split == "train" else series.val).append(row)
+
+
+def lr_facts(series: RunSeries) -> None:
+    """Peak lr and warmup length read off a logged lr curve (foreign logs carry no config)."""
+    steps, lrs = series.col("lr")
+    if len(lrs) == 0:
+        return
+    peak = float(lrs.max())
+    first_peak = int(steps[int((lrs >= 0.98 * peak).argmax())])
+    series.facts.update(peak_lr=peak, warmup_steps=first_peak if lrs[0] < 0.5 * peak else 0)
+    if math.isfinite(peak) and peak > 0:
+        series.facts["min_lr_ratio_seen"] = float(lrs[-1] / peak)
+
+
+# hyperparameter names as tools and scripts state them (printed configs, MLflow params, W&B config),
+# mapped to the facts the detectors read
+SETTINGS = {
+    "learning_rate": "peak_lr", "lr": "peak_lr", "max_lr": "peak_lr", "peak_lr": "peak_lr", "base_lr": "peak_lr",
+    "warmup_iters": "warmup_steps", "warmup_steps": "warmup_steps", "num_warmup_steps": "warmup_steps",
+    "warmup_ratio": "warmup_ratio", "pct_start": "warmup_ratio",
+    "grad_clip": "grad_clip", "max_grad_norm": "grad_clip", "clip_grad_norm": "grad_clip",
+    "gradient_clip_val": "grad_clip", "clip_norm": "grad_clip", "clipnorm": "grad_clip",
+    "weight_decay": "weight_decay", "wd": "weight_decay", "adam_weight_decay": "weight_decay",
+    "max_iters": "max_steps", "max_steps": "max_steps", "total_steps": "max_steps",
+    "lr_scheduler_type": "schedule", "scheduler": "schedule", "lr_scheduler": "schedule", "schedule": "schedule",
+    "decay_lr": "decay_lr", "min_lr": "min_lr", "batch_size": "batch_size",
+    "per_device_train_batch_size": "batch_size", "dropout": "dropout", "epochs": "epochs",
+    "num_train_epochs": "epochs",
+}
+
+
+def number(text: str) -> Optional[float]:
+    """A float from a printed value: 1e-3, 0.001, nan, inf, -inf, 'NaN' in quotes; None for anything else."""
+    text = text.strip().strip("'\"").lower()
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def setting_facts(settings: dict[str, str]) -> dict[str, object]:
+    """The facts a run's stated settings give (names as in SETTINGS, values as printed or logged)."""
+    facts: dict[str, object] = {}
+    for name, text in settings.items():
+        key = SETTINGS.get(re.sub(r"[\s.\-]+", "_", name.strip().lower()))
+        if key is None:
+            continue
+        if key == "schedule":
+            facts[key] = str(text).strip().strip("'\"").lower().replace("schedulertype.", "")
+        elif key == "decay_lr":
+            facts[key] = str(text).strip().lower() not in ("false", "0", "no")
+        else:
+            value = number(str(text))
+            if value is not None and math.isfinite(value):
+                facts[key] = value
+    if facts.get("decay_lr") is False:  # nanoGPT: without decay_lr the lr is constant, with no warmup
+        facts.update(schedule="constant", warmup_steps=0)
+    if "warmup_steps" not in facts and facts.get("warmup_ratio") is not None and facts.get("max_steps"):
+        facts["warmup_steps"] = round(float(facts["warmup_ratio"]) * float(facts["max_steps"]))
+    for key in ("warmup_steps", "max_steps", "batch_size"):
+        if key in facts:
+            facts[key] = int(facts[key])
+    return facts
+
+
+def stated_facts(series: RunSeries, settings: dict[str, str]) -> None:
+    """Settings the run states become facts, unless the logged curves already gave them (a logged lr
+    curve beats a stated one); what the doctor needs and the run does not state goes into its notes."""
+    for key, value in setting_facts(settings).items():
+        if series.facts.get(key) is None:
+            series.facts[key] = value
+    missing = [what for key, what in (("peak_lr", "the learning rate"), ("warmup_steps", "the warmup"),
+                                      ("grad_clip", "gradient clipping")) if series.facts.get(key) is None]
+    if missing:
+        series.notes.append(f"the {series.source} log does not state " + ", ".join(missing)
+                            + ": the checks that need it did not run")
+
+
+def by_key(series: RunSeries, points: dict[str, list[tuple[int, float]]]) -> None:
+    """Rows from metric histories keyed by name (MLflow, W&B). Where two names mean the same metric, the
+    one logged more often is the curve: a Trainer's end-of-run `train_loss` (one point) is not its `loss`."""
+    chosen: dict[tuple[str, str], str] = {}
+    for key, values in points.items():
+        kind = classify(key)
+        if kind and (kind not in chosen or len(values) > len(points[chosen[kind]])):
+            chosen[kind] = key
+    merged: dict[tuple[str, int], dict] = {}
+    for (split, metric), key in chosen.items():
+        for step, value in points[key]:  # in logging order: a step logged twice keeps its last value
+            merged.setdefault((split, int(step)), {"step": int(step)})[metric] = float(value)
+    fill(series, merged)
+
+
+def from_points(source: str, path, points: dict[str, list[tuple[int, float]]], settings: dict[str, str],
+                empty: str) -> RunSeries:
+    """A series from metric histories keyed by name and the run's stated settings; `empty` is the error
+    when no loss is among them."""
+    from trainlab.errors import TrainlabError
+
+    series = RunSeries(source, path)
+    by_key(series, points)
+    if not series.train and not series.val:
+        raise TrainlabError(empty)
+    unmask_nonfinite(series)
+    lr_facts(series)
+    stated_facts(series, settings)
+    return series

@@ -1,0 +1,138 @@
+"""A training script's console output, read as it is.
+
+Recognised lines (anything else is skipped):
+- nanoGPT: `iter N: loss X, time ...` (training) and `step N: train loss X, val loss Y` (evaluation),
+  and the settings it prints (`Overriding: learning_rate = 0.01`, the config file's `key = value` lines);
+- Keras: `Epoch 3/30` followed by `50/50 - 1s - loss: 2.31 - val_loss: 2.40 - learning_rate: 0.001`
+  (the progress bar's carriage returns and escapes are removed; the epoch's last values count);
+- the Hugging Face Trainer's printed dicts, `{'loss': 2.3, 'grad_norm': 0.9, 'learning_rate': 0.001,
+  'epoch': 0.25}` (they carry epochs, not steps);
+- epoch lines such as `Epoch 3/30 | train loss: 0.41 | val loss: 0.44 | lr: 0.0002`;
+- plain `key=value` or `key: value` lines that carry a step (step, iter, iteration) or an epoch.
+A `key = value` line with neither a step nor an epoch is a setting (learning rate, warmup, clipping,
+weight decay, ...). Steps count optimizer steps where the log gives them; a log of epochs alone is read
+with one step per epoch (times the batches per epoch when Keras prints them), and says so.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+from trainlab.doctor.readers.common import FORMATS, classify, fill, lr_facts, number, stated_facts, unmask_nonfinite
+from trainlab.doctor.series import RunSeries
+from trainlab.errors import TrainlabError
+
+VALUE = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf(?:inity)?)"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+NANO_ITER = re.compile(rf"^iter (\d+): loss ({VALUE})", re.I)
+NANO_EVAL = re.compile(rf"^step (\d+): train loss ({VALUE}), val loss ({VALUE})", re.I)
+# `name: value`, `name=value`, `'name': value`; a name may hold spaces ("Train Loss: 0.41")
+PAIR = re.compile(rf"(?<![\w/.\-])['\"]?([A-Za-z_][\w/.\-]*(?: [A-Za-z_][\w/.\-]*){{0,3}})['\"]?\s*[:=]\s*['\"]?"
+                  rf"({VALUE})(?![\w.])", re.I)
+POSITION = re.compile(r"\b(epoch|step|iter|iteration|global_step|it)\b['\"]?\s*[:=]?\s*['\"]?(\d+(?:\.\d+)?)(?:\s*/\s*(\d+))?",
+                      re.I)
+KERAS_BATCHES = re.compile(r"^\s*(\d+)/(\d+)\s")
+SETTING = re.compile(r"^\s*(?:Overriding:\s*)?([A-Za-z_][\w.]*)\s*[=:]\s*([^#,]+?)\s*(?:#.*)?$")
+
+
+class Parsed:
+    """What the lines gave: rows keyed by (split, position), settings, and which tool printed them."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str, float], dict] = {}  # (split, "step" | "epoch", position) -> row
+        self.settings: dict[str, str] = {}
+        self.style: Optional[str] = None
+        self.epoch: Optional[float] = None  # the epoch a Keras header opened
+        self.batches: Optional[int] = None  # batches per epoch, from Keras' "50/50"
+
+    def put(self, split: str, unit: str, at: float, key: str, value: float) -> None:
+        self.rows.setdefault((split, unit, at), {})[key] = value
+
+
+def read_console(path: Path) -> RunSeries:
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise TrainlabError(f"'{path}' cannot be read: {err.strerror}") from None
+    parsed = Parsed()
+    for raw in re.split(r"[\r\n]+", text.replace("\x08", "")):
+        _line(ANSI.sub("", raw).strip(), parsed)
+    series = RunSeries("console", Path(path))
+    merged = _positions(parsed, series)
+    fill(series, merged)
+    if not any("loss" in r for r in series.train + series.val):
+        raise TrainlabError(f"'{path}': no training log lines with a loss and a step or epoch; known formats: "
+                            f"{', '.join(FORMATS)} (--format forces one)")
+    unmask_nonfinite(series)
+    lr_facts(series)
+    stated_facts(series, parsed.settings)
+    series.facts["console_style"] = parsed.style or "plain"
+    return series
+
+
+def _line(line: str, p: Parsed) -> None:
+    if not line:
+        return
+    if m := NANO_ITER.match(line):
+        p.style = "nanogpt"
+        p.put("train", "step", int(m.group(1)), "loss", float(m.group(2)))
+        return
+    if m := NANO_EVAL.match(line):
+        p.style = "nanogpt"
+        p.put("val", "step", int(m.group(1)), "loss", float(m.group(3)))
+        return
+    found = list(POSITION.finditer(line))
+    position = next((m for m in found if m.group(1).lower() != "epoch"), found[0] if found else None)
+    pairs = [(name, value) for name, value in PAIR.findall(line)
+             if not POSITION.fullmatch(f"{name.strip()} 0")]
+    metrics = [(classify(re.sub(r"\s+", "_", name.strip())), value) for name, value in pairs]
+    metrics = [(kind, value) for kind, value in metrics if kind]
+    if (m := KERAS_BATCHES.match(line)) and metrics and p.epoch is not None:
+        p.style, p.batches = "keras", int(m.group(2))
+    if position and position.group(1).lower() == "epoch" and not metrics:
+        p.epoch = float(position.group(2))  # a header: the metrics follow on the next lines
+        return
+    unit, at = _where(line, position, p)
+    if not metrics or at is None:
+        if not position and (m := SETTING.match(line)):
+            p.settings[m.group(1)] = m.group(2)
+        return
+    if line.startswith("{") and unit == "epoch":
+        p.style = p.style or "hf_trainer"
+    if line.startswith("{") and any(n.strip() in ("train_runtime", "train_loss") for n, _ in pairs):
+        return  # the Trainer's end-of-training summary
+    for (split, key), value in metrics:
+        p.put(split, unit, at, key, number(value))
+
+
+def _where(line: str, position, p: Parsed) -> tuple[str, Optional[float]]:
+    """Which step (or epoch) a metrics line belongs to."""
+    if position:
+        name = position.group(1).lower()
+        return ("epoch" if name == "epoch" else "step"), float(position.group(2))
+    if p.epoch is not None:
+        return "epoch", p.epoch
+    return "step", None
+
+
+def _positions(p: Parsed, series: RunSeries) -> dict[tuple[str, int], dict]:
+    """Rows keyed by integer steps. Steps win over epochs; a log of epochs alone gets one step per epoch
+    (times Keras' batches per epoch), or, for fractional epochs (the Trainer's dicts), one per logging
+    interval."""
+    stepped = {k: v for k, v in p.rows.items() if k[1] == "step"}
+    if stepped:
+        return {(split, int(at)): {"step": int(at), **row} for (split, _, at), row in stepped.items()}
+    epochs = sorted({at for (_, _, at) in p.rows})
+    if all(float(e).is_integer() for e in epochs):
+        scale = p.batches or 1
+        step_of = {e: int(e * scale) for e in epochs}
+        series.notes.append("the log gives epochs, not steps: "
+                            + (f"a step here is one of the {scale} batches of an epoch" if p.batches
+                               else "each step here is an epoch"))
+    else:
+        step_of = {e: i + 1 for i, e in enumerate(epochs)}
+        series.notes.append("the log gives fractional epochs, not steps: a step here is one logging interval")
+    series.facts["epochs_seen"] = max(epochs) if epochs else None
+    return {(split, step_of[at]): {"step": step_of[at], **row} for (split, _, at), row in p.rows.items()}
