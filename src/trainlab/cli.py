@@ -259,6 +259,15 @@ def doctor(path: Path = typer.Argument(..., help="A run directory, trainer_state
            fmt: Optional[str] = typer.Option(None, "--format", help="Read the path as this format instead of "
                                              "guessing: trainlab, hf_trainer, lightning, tensorboard, mlflow, "
                                              "wandb or console."),
+           verify: bool = typer.Option(False, "--verify", help="For a trainlab run: train its config twice for a "
+                                       "short budget, as it was and with the first finding's overrides (same "
+                                       "tokens, same seeds), and say whether the change helped. Runs go under "
+                                       "RUN/verify/; the same command resumes an interrupted verify."),
+           budget: Optional[str] = typer.Option(None, "--budget", help="With --verify, per run: tokens=N, steps=N "
+                                                "or seconds=N (seconds become tokens at the baseline's throughput "
+                                                "measured here). Default: seconds=20."),
+           seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="With --verify: seeds per arm, paired "
+                                               "(default 3)."),
            self_check: bool = typer.Option(False, "--self-check", help="For a trainlab run made on this machine: "
                                            "a fresh `trainlab estimate` of its config (a probe of a few seconds, "
                                            "about 25 s compiled) against its measured tokens/s and peak memory; "
@@ -268,7 +277,20 @@ def doctor(path: Path = typer.Argument(..., help="A run directory, trainer_state
 
     from trainlab.doctor import diagnose, out_dir_for, summary, write_outputs
 
+    if (budget is not None or seeds is not None) and not verify:
+        raise TrainlabError("--budget and --seeds go with --verify")
+    if verify:
+        from trainlab.experiment import verify as verify_mod
+
+        request = verify_mod.parse_budget(budget)  # bad input stops before anything runs
     diag = diagnose(path, probe=probe, check_data=not no_data_check, fmt=fmt)
+    if verify:
+        try:
+            diag.verify = verify_mod.verify_diagnosis(diag, request, seeds or verify_mod.DEFAULT_SEEDS,
+                                                      log=lambda line: print(line, file=sys.stderr))
+        except verify_mod.VerifyFailed as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise typer.Exit(1)
     if self_check and diag.series.source == "trainlab":
         from trainlab.experiment.estimate import self_check as check_estimate
         from trainlab.experiment.estimate import self_check_note

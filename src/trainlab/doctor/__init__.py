@@ -25,6 +25,7 @@ class Diagnosis:
     notes: list[str] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)  # {"id", "ran", "reason"} for each detector
     estimate_check: Optional[dict[str, Any]] = None  # a fresh estimate against the run's measured speed and memory
+    verify: Optional[dict[str, Any]] = None  # `doctor --verify`'s result, attached by the command line
 
     @property
     def verdict(self) -> str:
@@ -44,6 +45,8 @@ class Diagnosis:
             out["checks"] = self.checks
         if self.estimate_check is not None:
             out["estimate_check"] = self.estimate_check
+        if self.verify is not None:
+            out["verify"] = self.verify
         return out
 
 
@@ -141,4 +144,21 @@ def summary(diag: Diagnosis) -> str:
             lines.append("      (explains " + ", ".join(f.explains) + ")")
     for note in diag.notes:
         lines.append(f"  note: {note}")
+    if diag.verify is not None:
+        lines.append(verify_line(diag.verify))
     return "\n".join(lines)
+
+
+def verify_line(v: dict[str, Any]) -> str:
+    """One line for `doctor --verify`'s result."""
+    if not v.get("ran"):
+        return f"verify: not run: {v['reason']}"
+    change = " ".join(f"{k}={val}" for k, val in v["overrides"].items())
+    budget = ", ".join(f"{val:,} {k}" for k, val in v["budget"].items() if k in ("tokens", "steps"))
+    if v["delta"] is None:
+        return f"verify: {change} over {v['seeds']} seed(s) x {budget}: every run diverged; not helped"
+    interval = f", 95% interval [{v['interval'][0]:+.4f}, {v['interval'][1]:+.4f}]" if v["interval"] else ""
+    verdict = "helped" if v["helped"] else ("not shown to help (one seed)" if v["interval"] is None
+                                            else "not shown to help (the interval reaches zero or above)")
+    return (f"verify: {change} over {v['seeds']} seed(s) x {budget}: val loss {v['baseline_val_loss']:.4f} -> "
+            f"{v['fixed_val_loss']:.4f}, delta {v['delta']:+.4f}{interval}: {verdict}")

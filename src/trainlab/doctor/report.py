@@ -54,6 +54,20 @@ def _finding_html(f) -> str:
     return "".join(parts)
 
 
+def _verify_html(v) -> list[str]:
+    """`doctor --verify`: the two arms' losses seed by seed, and whether the suggestion helped."""
+    from trainlab.doctor import verify_line
+
+    parts = ["<h2>Verify</h2>", f"<p>{esc(verify_line(v))}</p>"]
+    if v.get("ran"):
+        cell = lambda x: "diverged" if x is None else f"{x:.4f}"  # noqa: E731
+        parts.append("<table><tr><th>seed</th><th>baseline val loss</th><th>fixed val loss</th></tr>")
+        for seed, b, f in zip(v["seed_values"], v["per_seed"]["baseline"], v["per_seed"]["fixed"]):
+            parts.append(f"<tr><td>{seed}</td><td>{cell(b)}</td><td>{cell(f)}</td></tr>")
+        parts.append(f"</table><p class=\"meta\">runs: {esc(v['runs'])}</p>")
+    return parts
+
+
 def render(diag) -> str:
     s = diag.series
     verdict = diag.verdict
@@ -63,6 +77,8 @@ def render(diag) -> str:
             f'<p><span class="verdict" style="background:{VERDICT_COLOR[verdict]}">{esc(verdict.replace("_", " "))}</span> '
             f"{len(diag.findings)} finding(s)</p>", "<h2>Findings</h2>"]
     body += [_finding_html(f) for f in diag.findings] or ["<p>No findings: the run looks healthy.</p>"]
+    if diag.verify is not None:
+        body += _verify_html(diag.verify)
     body += ["<h2>Curves</h2>", '<div class="plots">', *_plots(diag), "</div>"]
     if diag.probe:
         body.append("<h2>Generation probe</h2><table><tr><th>setting</th><th>repeated trigrams</th>"
