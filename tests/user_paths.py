@@ -62,6 +62,8 @@ class Recipe:
     export_refusal: str = ""
     init_from: Optional["Recipe"] = None
     """A run trained first and given as init_from (SFT starts from a pretrained causal LM)."""
+    init_key: str = "init_from"
+    """The key that names the run trained first (a forecaster names its tokenizer: series.tokenizer_run)."""
     tune_param: tuple[str, float, float] = ("optim.lr", 1e-3, 1e-2)
 
     def overrides(self) -> dict:
@@ -90,6 +92,13 @@ BPE_PRETRAIN = Recipe("sft_pretrain", "causal_lm", "shakespeare-bpe",
                       {**SMALL_GPT, **BPE, "model.seq_len": 128, "train.max_steps": 2, "train.eval_interval": 2,
                        "checkpoint.interval": 2, "train.sample_tokens": 0})
 
+CANDLES = {"data.source": str(TESTS / "fixtures" / "candles" / "bitfinex_btcusd_1h.csv")}
+FORECAST_TOKENIZER = Recipe("forecast_tokenizer", "series_tokenizer", "kronos-btc",
+                            {**CANDLES, "model.d_model": 16, "train.batch_size": 8, "series.lookback": 24,
+                             "series.pred_len": 8, "series.s1_bits": 6, "series.s2_bits": 6, "series.causal": True,
+                             "data.val_fraction": 0.4, "train.max_steps": 2, "train.eval_interval": 2,
+                             "checkpoint.interval": 2, "train.sample_tokens": 0})
+
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     # the demo preset, shrunk: character-level, qk_norm (exports as Qwen3), Muon
     Recipe("causal_lm", "causal_lm", "shakespeare-char", {**SMALL_GPT, "model.seq_len": 32},
@@ -106,6 +115,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("series_tokenizer", "series_tokenizer", "kronos-btc",
            {"model.d_model": 16, "train.batch_size": 8, "series.lookback": 24, "series.pred_len": 8},
            export_refusal="no transformers format"),
+    # a forecaster over a (2-step) causal tokenizer, both on 800 real Bitfinex hours (newest first, other
+    # column names); the tokenizer trains on the first 60% of the rows, before the forecaster's validation
+    Recipe("series_forecast", "series_forecast", "kronos-btc-forecast",
+           {**CANDLES, "model.d_model": 16, "model.n_head": 2, "train.batch_size": 8, "series.pred_len": 8,
+            "data.val_fraction": 0.2, "series.test_fraction": 0.2},
+           export_refusal="no transformers format", init_from=FORECAST_TOKENIZER, init_key="series.tokenizer_run"),
 ]}
 
 TEST_ONLY_PRESETS = {"tiny"}  # the tests' own baseline (the kill loop uses it), not a user's starting point
@@ -156,7 +171,7 @@ def train_with_a_kill(recipe: Recipe, root: Path) -> SimpleNamespace:
     if recipe.init_from is not None:
         pre = root / "init"
         trainlab("train", *recipe.init_from.argv(), "--run-dir", pre)
-        extra["init_from"] = str(pre)
+        extra[recipe.init_key] = str(pre)
     run = root / "run"
     argv = recipe.argv(extra)
     log_out, log_err = root / "killed.out", root / "killed.err"
@@ -233,6 +248,11 @@ class UserPaths:
         assert f"at step {steps}" in trained.resumed.stdout
 
     def test_eval(self, trained):
+        if trained.recipe.task == "series_forecast":  # a walk-forward evaluation, its table and its JSON
+            out = trainlab("eval", trained.run, "--samples", "8").stdout
+            result = json.loads((trained.run / "forecast_eval.json").read_text())
+            assert list(result["horizons"]) == ["1", "6", "24"] and "| 24 | gaussian_vol |" in out
+            return
         result = json.loads(trainlab("eval", trained.run).stdout)
         best = min((r for r in val_rows(trained.run) if r["step"] > 0), key=lambda r: r["loss"])  # checkpointed
         assert result["loss"] == pytest.approx(best["loss"], rel=1e-5)

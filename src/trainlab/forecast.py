@@ -243,11 +243,11 @@ def _tests(model_err: np.ndarray, rw_err: np.ndarray, model_crps: np.ndarray, gv
 def _overlap_with_training(run: LoadedRun, data) -> Optional[bool]:
     """Whether another file's timestamps reach into the run's training period (None when either has none)."""
     info = json.loads((run.run_dir / "series.json").read_text(encoding="utf-8"))
-    end = parse_time(info.get("first_val_timestamp", ""))
+    start, end = parse_time(info.get("first_timestamp", "")), parse_time(info.get("first_val_timestamp", ""))
     times = data.candles.times
     if end is None or times is None:
         return None
-    return bool(times[0] < end)
+    return bool(times[0] < end and times[-1] >= (start if start is not None else -math.inf))
 
 
 def walk_forward(run_dir: Path, data_path: Optional[Path] = None, columns: Optional[dict[str, str]] = None,

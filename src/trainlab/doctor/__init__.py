@@ -87,6 +87,12 @@ def _task_findings(diag: Diagnosis, probe: bool, check_data: bool) -> None:
         found = repetition.finding_from_samples(diag.series.samples)
     if found:
         diag.findings.append(found)
+    run_findings = getattr(task, "doctor_findings", None)  # the task's own checks of its run directory
+    if run_findings is not None:
+        extra, checks = run_findings(diag.series.path)
+        diag.findings.extend(extra)
+        diag.checks.extend(checks)
+        diag.notes.extend(f"{c['id']} not checked: {c['reason']}" for c in checks if not c["ran"])
 
 
 def _data_findings(diag: Diagnosis) -> None:

@@ -294,7 +294,8 @@ class SeriesForecast(Task):
             staging.rename(here)
         c = d.candles
         (run_dir / "series.json").write_text(json.dumps(
-            {"source": str(c.path), "features": c.features, "rows": len(c.values), "first_val_row": d.val_start,
+            {"source": str(c.path), "features": c.features, "rows": len(c.values), "first_timestamp": c.timestamps[0],
+             "first_val_row": d.val_start,
              "first_test_row": d.test_start, "first_val_timestamp": c.timestamps[d.val_start],
              "first_test_timestamp": c.timestamps[d.test_start], "train_windows": len(self.train_starts),
              "val_windows": len(d.val_starts), "notes": c.notes}, indent=1))
@@ -324,12 +325,12 @@ class SeriesForecast(Task):
         horizon = min(request.max_new_tokens, 24)
         at = len(data.candles.values) - 1
         gen = torch.Generator().manual_seed(request.seed or 0)
-        paths = sample_closes(run.model, data, np.array([at]), horizon, 100, request.temperature or 1.0,
-                              request.top_p, gen)[0]
+        paths = sample_closes(run.model, data, np.array([at]), horizon, 100, request.temperature, request.top_p,
+                              gen)[0]
         q = np.quantile(paths, [0.1, 0.5, 0.9], axis=0)
         lines = [f"{request.prompt}forecast from {data.candles.timestamps[at]} (close "
                  f"{data.candles.values[at, data.s.features.index('close')]:g}), 100 paths at temperature "
-                 f"{request.temperature or 1.0:g}:"]
+                 f"{request.temperature:g}:"]
         lines += [f"  +{h + 1:>2}: median {q[1, h]:.2f}  80% [{q[0, h]:.2f}, {q[2, h]:.2f}]" for h in range(horizon)]
         return "\n".join(lines)
 
