@@ -62,6 +62,9 @@ def trainer_run(name: str, case: tuple, work: Path) -> None:
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         trainer.train()
+    import wandb
+
+    wandb.finish()  # the run's last records reach its .wandb file
     keep_console(name, printed.getvalue())
     keep_mlflow(name, run / "mlruns")
     keep_wandb(name, run)

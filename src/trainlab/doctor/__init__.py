@@ -150,6 +150,10 @@ def summary(diag: Diagnosis) -> str:
             lines.append("      (explains " + ", ".join(f.explains) + ")")
     for note in diag.notes:
         lines.append(f"  note: {note}")
+    skipped = [c["id"] for c in diag.checks if not c["ran"]]
+    if diag.checks:
+        lines.append(f"  checks: {len(diag.checks) - len(skipped)} ran" + (
+            f"; not run: {', '.join(skipped)} (why: report.html or --json)" if skipped else ""))
     if diag.verify is not None:
         from trainlab.doctor.report import verify_line
 

@@ -144,7 +144,8 @@ def plateau(c: Curves) -> Optional[Finding]:
         return None  # the lr of the stretch is not known
     if not peak or late < 0.5 * peak:
         return None
-    constant = c.s.fact("schedule") in ("constant", None) and len(c.lr) and float(c.lr.min()) >= 0.9 * peak
+    after = c.lr[c.lsteps > (c.s.fact("warmup_steps") or 0)]
+    constant = c.s.fact("schedule") == "constant" or (len(after) > 0 and float(after.min()) >= 0.9 * peak)
     over = {"schedule.name": "wsd", "schedule.min_lr_ratio": 0.1} if constant else {"optim.lr": _round_lr(peak / 3)}
     return Finding("plateau", "medium",
                    f"from step {start} to step {int(c.tsteps[-1])} (the last 30% of the run) the smoothed training loss "

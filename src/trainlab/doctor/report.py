@@ -81,6 +81,16 @@ def _verify_html(v) -> list[str]:
     return parts
 
 
+def _checks_html(checks) -> list[str]:
+    """The checks that ran, and those that could not with the reason."""
+    if not checks:
+        return []
+    ran = [c["id"] for c in checks if c["ran"]]
+    rows = "".join(f"<tr><td>{esc(c['id'])}</td><td>{esc(str(c['reason']))}</td></tr>" for c in checks if not c["ran"])
+    return ["<h2>Checks</h2>", f"<p>Ran: {esc(', '.join(ran)) or 'none'}.</p>"] + (
+        [f"<table><tr><th>not run</th><th>why</th></tr>{rows}</table>"] if rows else [])
+
+
 def render(diag) -> str:
     s = diag.series
     verdict = diag.verdict
@@ -115,6 +125,7 @@ def render(diag) -> str:
     cfg = s.fact("config")
     if cfg is not None:
         body.append(f"<h2>Config</h2><pre>{esc(cfg.to_yaml())}</pre>")
+    body += _checks_html(diag.checks)
     for note in diag.notes:
         body.append(f'<p class="meta">note: {esc(note)}</p>')
     return page(f"trainlab doctor: {s.path.name}", body)

@@ -88,8 +88,7 @@ SETTINGS = {
     "max_iters": "max_steps", "max_steps": "max_steps", "total_steps": "max_steps",
     "lr_scheduler_type": "schedule", "scheduler": "schedule", "lr_scheduler": "schedule", "schedule": "schedule",
     "decay_lr": "decay_lr", "min_lr": "min_lr", "batch_size": "batch_size",
-    "per_device_train_batch_size": "batch_size", "dropout": "dropout", "epochs": "epochs",
-    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "dropout": "dropout",
 }
 
 

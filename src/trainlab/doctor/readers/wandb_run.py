@@ -158,7 +158,7 @@ def _decode_wire(record: bytes) -> tuple[Optional[str], Any]:
     fields = _fields(record)
     if 2 in fields:  # history
         history = _fields(fields[2][0])
-        step = _fields(history[2][0]).get(1, [None])[0] if 2 in history else None
+        step = _fields(history[2][0]).get(1, [0])[0] if 2 in history else None
         items = dict(_item(item) for item in history.get(1, []))
         return "history", (step, items)
     config = fields.get(5) or [c for run in fields.get(17, []) for c in _fields(run).get(4, [])]
