@@ -159,6 +159,19 @@ CASES = {
                                             *NEW], "is not the tokenizer init_from"),
     "data_check_missing": ("data check of a path that does not exist", {}, ["data", "check", "{root}/none.txt"],
                            "is neither a bundled corpus nor an existing path"),
+    "forecaster_without_tokenizer": ("a forecaster without series.tokenizer_run", {},
+                                     ["train", "--preset", "kronos-btc-forecast", *NEW], "--preset kronos-btc"),
+    "forecaster_tokenizer_not_a_run": ("a forecaster whose tokenizer_run is no run", {"docs/a.txt": "x"},
+                                       ["train", "--preset", "kronos-btc-forecast", "--set",
+                                        "series.tokenizer_run={root}/docs", *NEW], "is not a run directory"),
+    "forecast_of_a_language_model": ("forecast from a run that is no forecaster", {},
+                                     ["forecast", "{root}/run", "--horizon", "6"], "forecasts come from"),
+    "forecast_columns_malformed": ("forecast --columns without name=Column pairs", {},
+                                   ["forecast", "{root}/run", "--horizon", "6", "--columns", "Date"],
+                                   "give name=Column pairs"),
+    "candles_without_close": ("a candle CSV without close and volume", {"c.csv": "date,open,high,low\n1,2,3,4\n"},
+                              ["train", "--preset", "kronos-btc", "--set", "data.source={root}/c.csv", *NEW],
+                              "lacks the column(s) close, volume"),
 }
 
 
