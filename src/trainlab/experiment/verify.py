@@ -231,7 +231,8 @@ def verify_diagnosis(diag, budget: tuple[str, float] = DEFAULT_BUDGET, seeds: in
         raise
     write_results(out, aggregate(sweep, results))
     per_seed = {arm: [r["val_loss"] for r in results if r["variant"] == arm] for arm in ("baseline", "fixed")}
-    recorded = [v for r in results for v in _val_losses(Path(r["run"]) if "run" in r else Path(r["log"]).parent / "run")]
+    run_paths = [Path(r["run"]) if "run" in r else Path(r["log"]).parent / "run" for r in results]
+    recorded = [v for run in run_paths for v in _val_losses(run)]
     worst = max(recorded) if recorded else None
     diverged = any(v is None for vals in per_seed.values() for v in vals)
     return {"ran": True, "finding": first.id, "overrides": sweep.variants["fixed"], "budget": plan["budget"],
