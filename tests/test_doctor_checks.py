@@ -84,7 +84,7 @@ def test_checks_say_what_a_foreign_log_lacks():
     diag = diagnose(REPO / "tests" / "fixtures" / "doctor" / "foreign" / "lightning" / "healthy" / "metrics.csv")
     checks = {c["id"]: c for c in diag.checks}
     assert checks["vanishing_gradients"]["reason"] == "no gradient norm logged"
-    assert checks["schedule_mismatch"]["reason"].startswith("needs the run's config")
+    assert checks["schedule_mismatch"]["reason"].startswith("needs the configured schedule")
     assert checks["no_weight_decay"]["reason"] == "the weight decay is not known"
     assert checks["plateau"]["ran"] and checks["loss_spikes"]["ran"]
 
@@ -169,3 +169,4 @@ def test_spikes_of_a_far_too_high_lr_are_folded_into_it():
     diag = diagnose(GOLDEN / "lr_too_high", check_data=False)
     assert diag.findings[0].id == "lr_too_high" and "loss_spikes" in diag.findings[0].explains
     assert "loss_spikes" not in [f.id for f in diag.findings]
+

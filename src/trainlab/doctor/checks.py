@@ -43,6 +43,7 @@ class Need:
     lr: bool = False  # a logged lr curve or a stated peak lr
     config: bool = False  # the run's own config (a trainlab run)
     any_fact: tuple[str, ...] = ()  # at least one of these facts or metrics
+    why: str = ""  # the reason when none of any_fact is known (default: names them)
 
     def missing(self, c: Curves) -> Optional[str]:
         s = c.s
@@ -62,7 +63,7 @@ class Need:
         if self.lr and not len(c.lr) and c.peak_lr is None:
             return "the learning rate is neither logged nor stated"
         if self.any_fact and all(s.fact(k) is None and not s.has(k) for k in self.any_fact):
-            return "none of " + ", ".join(WORDS.get(k, k) for k in self.any_fact) + " is known"
+            return self.why or "none of " + ", ".join(WORDS.get(k, k) for k in self.any_fact) + " is known"
         return None
 
 
@@ -157,33 +158,62 @@ def plateau(c: Curves) -> Optional[Finding]:
                    over)
 
 
-@requires(config=True, metrics=("lr",))
-def schedule_mismatch(c: Curves) -> Optional[Finding]:
-    """The logged lr departs from what the config's schedule gives at the same step (by more than 5% on
-    more than a tenth of the logged steps, before any rollback's lr cut)."""
+# the Hugging Face Trainer's schedules (transformers' get_scheduler), as multipliers of the peak at a step
+HF_SCHEDULES: dict[str, Callable[[float, int, int], float]] = {
+    "constant": lambda s, w, t: 1.0,
+    "constant_with_warmup": lambda s, w, t: s / w if s < w else 1.0,
+    "linear": lambda s, w, t: s / w if s < w else max(0.0, (t - s) / max(1, t - w)),
+    "cosine": lambda s, w, t: s / w if s < w else max(0.0, 0.5 * (1 + math.cos(math.pi * (s - w) / max(1, t - w)))),
+}
+
+
+def _configured(c: Curves) -> Optional[tuple[str, float, int, int, Callable[[float], float]]]:
+    """(name, peak lr, warmup, total steps, multiplier at a step index) of the schedule the run was set up
+    with: a trainlab run's config, or the Trainer's settings as a tool logged them (MLflow, W&B)."""
     from trainlab.train.schedules import lr_multiplier
 
     cfg = c.s.fact("config")
-    total = cfg.train.max_steps
-    if not total or not cfg.optim.lr:
+    if cfg is not None:
+        total = cfg.train.max_steps
+        if not total or not cfg.optim.lr:
+            return None
+        return cfg.schedule.name, cfg.optim.lr, cfg.schedule.warmup_steps, total, lambda s: lr_multiplier(
+            cfg.schedule, s, total)
+    st = c.s.fact("stated") or {}
+    name, peak, total, warm = st.get("schedule"), st.get("peak_lr"), st.get("max_steps"), int(st.get("warmup_steps") or 0)
+    if name not in HF_SCHEDULES or not peak or not total or total <= 0:
         return None
+    return name, peak, warm, total, lambda s: HF_SCHEDULES[name](s, warm, total)
+
+
+@requires(metrics=("lr",), any_fact=("config", "stated"),
+          why="needs the configured schedule: a trainlab run's config, or the settings a tool logged with the run")
+def schedule_mismatch(c: Curves) -> Optional[Finding]:
+    """The logged lr departs from what the configured schedule gives at the same step (by more than 5% on
+    more than a tenth of the logged steps, before any rollback's lr cut)."""
+    got = _configured(c)
+    if got is None:
+        return None
+    name, peak, warm, total, mult = got
     cut = min((e.get("step", math.inf) for e in c.s.events if e.get("kind") == "rollback"), default=math.inf)
     keep = c.lsteps < cut
     steps, lr = c.lsteps[keep], c.lr[keep]
     if len(lr) < 10:
         return None
-    # the trainer logs, at step s, the lr its step s used: the schedule's value at index s - 1
-    expected = np.array([cfg.optim.lr * lr_multiplier(cfg.schedule, float(s) - 1, total) for s in steps])
-    rel = np.abs(lr / np.maximum(expected, 1e-30) - 1)
+    # a tool logs, at step s, the lr of step s (trainlab: the schedule at index s - 1) or of the next one
+    # (the Trainer: at index s); the closer reading is the one compared
+    tries = [np.array([peak * mult(float(s) + k) for s in steps]) for k in (-1, 0)]
+    rels = [np.abs(lr / np.maximum(e, 1e-30) - 1) for e in tries]
+    best = int(np.argmin([float(np.median(r)) for r in rels]))
+    expected, rel = tries[best], rels[best]
     off = rel > 0.05
     if off.mean() <= 0.1:
         return None
     i = int(np.argmax(rel))
     return Finding("schedule_mismatch", "medium",
-                   f"the logged lr departs from the configured {cfg.schedule.name} schedule (peak {fmt(cfg.optim.lr)}, "
-                   f"warmup {cfg.schedule.warmup_steps}, {total} steps) by more than 5% at {off.mean():.0%} of the "
-                   f"{len(lr)} logged steps; at step {int(steps[i])} it was {fmt(float(lr[i]))} where the schedule "
-                   f"gives {fmt(float(expected[i]))}.",
+                   f"the logged lr departs from the configured {name} schedule (peak {fmt(peak)}, warmup {warm}, "
+                   f"{total} steps) by more than 5% at {off.mean():.0%} of the {len(lr)} logged steps; at step "
+                   f"{int(steps[i])} it was {fmt(float(lr[i]))} where the schedule gives {fmt(float(expected[i]))}.",
                    "The optimizer did not get the schedule the config describes: a run resumed under a changed "
                    "budget, a second scheduler, or a schedule stepped per epoch instead of per step. Check "
                    "which lr each step used before reading anything else off this run.",

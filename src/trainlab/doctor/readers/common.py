@@ -118,7 +118,7 @@ def setting_facts(settings: dict[str, str]) -> dict[str, object]:
                 facts[key] = value
     if facts.get("decay_lr") is False:  # nanoGPT: without decay_lr the lr is constant, with no warmup
         facts.update(schedule="constant", warmup_steps=0)
-    if "warmup_steps" not in facts and facts.get("warmup_ratio") is not None and facts.get("max_steps"):
+    if not facts.get("warmup_steps") and facts.get("warmup_ratio") and facts.get("max_steps"):
         facts["warmup_steps"] = round(float(facts["warmup_ratio"]) * float(facts["max_steps"]))
     for key in ("warmup_steps", "max_steps", "batch_size"):
         if key in facts:
@@ -129,9 +129,12 @@ def setting_facts(settings: dict[str, str]) -> dict[str, object]:
 def stated_facts(series: RunSeries, settings: dict[str, str]) -> None:
     """Settings the run states become facts, unless the logged curves already gave them (a logged lr
     curve beats a stated one); what the doctor needs and the run does not state goes into its notes."""
-    for key, value in setting_facts(settings).items():
+    stated = setting_facts(settings)
+    for key, value in stated.items():
         if series.facts.get(key) is None:
             series.facts[key] = value
+    if stated:  # as stated, beside what the curves gave (a check compares the two)
+        series.facts["stated"] = stated
     missing = [what for key, what in (("peak_lr", "the learning rate"), ("warmup_steps", "the warmup"),
                                       ("grad_clip", "gradient clipping")) if series.facts.get(key) is None]
     if missing:
