@@ -32,7 +32,7 @@ DEFAULT_SAMPLES = 100
 DEFAULT_STRIDE = 3
 DEFAULT_ORIGINS = 400
 TEMPERATURES = (0.7, 0.85, 1.0, 1.15, 1.3, 1.5)
-CALIBRATION_ORIGINS, CALIBRATION_SAMPLES = 120, 48
+CALIBRATION_ORIGINS, SCALE_ORIGINS, CALIBRATION_SAMPLES = 120, 480, 48
 QUANTILES = (0.05, 0.10, 0.25, 0.75, 0.90, 0.95)
 
 
@@ -104,39 +104,46 @@ def _scales(closes: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return out
 
 
+def _validation_origins(data, count: int) -> np.ndarray:
+    horizon = max(HORIZONS)
+    eligible = np.arange(max(data.val_start, data.s.lookback - 1), data.test_start - horizon)
+    if len(eligible) < 10:
+        raise TrainlabError(f"the validation period has {len(eligible)} origins with {horizon} steps after them; "
+                            f"calibration needs 10 (raise data.val_fraction)")
+    return eligible[np.linspace(0, len(eligible) - 1, min(count, len(eligible))).astype(int)]
+
+
 def calibration(run: LoadedRun, sf, data=None, seed: int = 0, log=print) -> dict[str, Any]:
     """RUN/calibration.json, made on the validation period of the run's own data the first time it is asked
-    for (`data`: that data, when already loaded)."""
+    for (`data`: that data, when already loaded). The temperature is chosen on CALIBRATION_ORIGINS origins,
+    the spread scales fitted on up to SCALE_ORIGINS (every validation origin, when there are fewer)."""
     path = run.run_dir / "calibration.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     if data is None:
         data = load(run.run_dir)[2]
-    horizon = max(HORIZONS)
-    close = data.s.features.index("close")
-    values = data.candles.values[:, close]
-    eligible = np.arange(max(data.val_start, data.s.lookback - 1), data.test_start - horizon)
-    if len(eligible) < 10:
-        raise TrainlabError(f"the validation period has {len(eligible)} origins with {horizon} steps after them; "
-                            f"calibration needs 10 (raise data.val_fraction)")
-    origins = eligible[np.linspace(0, len(eligible) - 1, min(CALIBRATION_ORIGINS, len(eligible))).astype(int)]
+    horizon, values = max(HORIZONS), data.candles.values[:, data.s.features.index("close")]
+    origins = _validation_origins(data, CALIBRATION_ORIGINS)
     truth = values[origins[:, None] + np.arange(1, horizon + 1)]
     rw_mae = np.abs(truth - values[origins][:, None]).mean(0)
-    log(f"calibrating on {len(origins)} validation origins ({data.candles.timestamps[origins[0]]} .. "
-        f"{data.candles.timestamps[origins[-1]]}), {len(TEMPERATURES)} temperatures")
-    best, kept = None, None
+    log(f"calibrating on validation origins ({data.candles.timestamps[origins[0]]} .. "
+        f"{data.candles.timestamps[origins[-1]]}): {len(TEMPERATURES)} temperatures on {len(origins)} origins")
+    best = None
     for t in TEMPERATURES:
         gen = torch.Generator().manual_seed(seed)
         closes = sf.sample_closes(run.model, data, origins, horizon, CALIBRATION_SAMPLES, t, 1.0, gen)
         score = float(np.mean([scores.crps_samples(closes[:, :, h - 1], truth[:, h - 1]).mean() / rw_mae[h - 1]
                                for h in HORIZONS]))
         if best is None or score < best[1]:
-            best, kept = (t, score), closes
-    scale = _scales(kept, truth)
+            best = (t, score)
+    wide = _validation_origins(data, SCALE_ORIGINS)
+    log(f"calibrating the spread on {len(wide)} validation origins at temperature {best[0]:g}")
+    closes = sf.sample_closes(run.model, data, wide, horizon, CALIBRATION_SAMPLES, best[0], 1.0,
+                              torch.Generator().manual_seed(seed + 1))
+    scale = _scales(closes, values[wide[:, None] + np.arange(1, horizon + 1)])
     result = {"temperature": best[0], "relative_crps": best[1], "scale": scale.tolist(), "origins": len(origins),
-              "samples": CALIBRATION_SAMPLES, "period": [data.candles.timestamps[origins[0]],
-                                                        data.candles.timestamps[origins[-1]]],
-              "temperatures": list(TEMPERATURES)}
+              "scale_origins": len(wide), "samples": CALIBRATION_SAMPLES, "temperatures": list(TEMPERATURES),
+              "period": [data.candles.timestamps[wide[0]], data.candles.timestamps[wide[-1]]]}
     atomic_write(path, json.dumps(result, indent=1))
     return result
 
