@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, cli
+from conftest import REPO
+from trainlab.cli import main
 from trainlab.doctor import Diagnosis, summary
 from trainlab.doctor.readers import read
 from trainlab.errors import TrainlabError
@@ -106,23 +107,31 @@ def test_why_it_does_not_run():
     assert not (GOLDEN / "healthy" / "verify").exists()
 
 
-def test_verify_on_another_tools_log_is_one_line_and_exit_0(tmp_path):
+def trainlab(capsys, *args: str) -> tuple[int, str, str]:
+    """The command line in this process (no interpreter to start): exit code, stdout, stderr."""
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_.value.code, out, err
+
+
+def test_verify_on_another_tools_log_is_one_line_and_exit_0(tmp_path, capsys):
     log = REPO / "tests" / "fixtures" / "doctor" / "foreign" / "hf" / "lr_too_high" / "trainer_state.json"
-    proc = cli("doctor", str(log), "--verify", "--json", "--out", str(tmp_path))
-    doc = json.loads(proc.stdout)
-    assert doc["verify"]["ran"] is False and "another tool's log" in doc["verify"]["reason"]
-    proc = cli("doctor", str(log), "--verify", "--out", str(tmp_path))
-    assert [x for x in proc.stdout.splitlines() if x.startswith("verify:")] == [
+    code, out, _ = trainlab(capsys, "doctor", str(log), "--verify", "--json", "--out", str(tmp_path))
+    doc = json.loads(out)
+    assert code == 0 and doc["verify"]["ran"] is False and "another tool's log" in doc["verify"]["reason"]
+    code, out, _ = trainlab(capsys, "doctor", str(log), "--verify", "--out", str(tmp_path))
+    assert code == 0 and [x for x in out.splitlines() if x.startswith("verify:")] == [
         "verify: not run: " + doc["verify"]["reason"]]
-    bad = cli("doctor", str(log), "--budget", "tokens=5", "--out", str(tmp_path), check=False)
-    assert bad.returncode == 2 and bad.stderr.strip() == "error: --budget and --seeds go with --verify"
-    bad = cli("doctor", str(log), "--verify", "--budget", "hours=2", "--out", str(tmp_path), check=False)
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    code, _, err = trainlab(capsys, "doctor", str(log), "--budget", "tokens=5", "--out", str(tmp_path))
+    assert code == 2 and err.strip() == "error: --budget and --seeds go with --verify"
+    code, _, err = trainlab(capsys, "doctor", str(log), "--verify", "--budget", "hours=2", "--out", str(tmp_path))
+    assert code == 2 and len(err.strip().splitlines()) == 1
 
 
-def test_the_default_budget_is_stated_in_help():
+def test_the_default_budget_is_stated_in_help(capsys):
     kind, amount = verify.DEFAULT_BUDGET
-    assert f"Default: {kind}={amount:g}" in " ".join(cli("doctor", "--help").stdout.split())
+    assert f"Default: {kind}={amount:g}" in " ".join(trainlab(capsys, "doctor", "--help")[1].split())
 
 
 def small_lr_too_high_run(tmp_path: Path) -> Path:
@@ -139,7 +148,7 @@ def small_lr_too_high_run(tmp_path: Path) -> Path:
     return run
 
 
-def test_verify_runs_both_arms_resumes_when_interrupted_and_prints_one_json(tmp_path):
+def test_verify_runs_both_arms_resumes_when_interrupted_and_prints_one_json(tmp_path, capsys):
     run = small_lr_too_high_run(tmp_path)
     args = [sys.executable, "-m", "trainlab", "doctor", str(run), "--verify", "--budget", "steps=6", "--seeds", "2",
             "--no-data-check", "--json"]
@@ -155,9 +164,9 @@ def test_verify_runs_both_arms_resumes_when_interrupted_and_prints_one_json(tmp_
     assert finished and len(finished) < 4
     assert not (run / "diagnosis.json").exists()  # nothing written for an unfinished verify
 
-    again = cli(*args[3:])
-    doc = json.loads(again.stdout)  # stdout is exactly one JSON document; progress went to stderr
-    assert f"({len(finished)} of 4 runs done already)" in again.stderr
+    code, out, err = trainlab(capsys, *args[3:])
+    doc = json.loads(out)  # stdout is exactly one JSON document; progress went to stderr
+    assert code == 0 and f"({len(finished)} of 4 runs done already)" in err
     for path, before in finished.items():  # finished runs were not trained again
         assert path.read_bytes() == before
     for path, before in logs.items():
