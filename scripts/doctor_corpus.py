@@ -92,6 +92,9 @@ def cases() -> list[tuple[str, dict, list]]:
         c("lr-0.3x", "char", [("lr_too_low", {"lr_f": 1 / 0.3})], 1, lr_x=0.3)
         c("lr-0.01x", "char", [("lr_too_low", {"lr_f": 10})], 0, lr_x=0.01)
         c("lr-500x-noclip-nowarm", "char", [("lr_too_high", {"lr_f": 1 / 500})], 1, lr_x=500, clip=0.0, warmup=0, sched="constant")
+        if writer != "trainlab":  # NaN from the second step (trainlab's guards skip such steps instead)
+            c("lr-5000x-noclip-nowarm", "char", [("lr_too_high", {"lr_f": 1 / 5000})], 0, lr_x=5000, clip=0.0,
+              warmup=0, sched="constant")
         c("data-2.5k", "char", [], 0, data=2_500, steps=400)
         c("data-8k", "char", [], 1, data=8_000, steps=400)
         c("40-steps", "char", [LONGER], 0, steps=40, warmup=4)
@@ -491,7 +494,6 @@ def ensure_run(spec: dict, seed: int, make: bool = True) -> Optional[dict]:
         return json.loads((home / "result.json").read_text())
     if not make:
         return None
-    shutil.rmtree(home, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix="corpus-run-"))
     t0 = time.time()
     try:
@@ -500,7 +502,13 @@ def ensure_run(spec: dict, seed: int, make: bool = True) -> Optional[dict]:
         result["spec"], result["seed"] = {k: v for k, v in spec.items() if k != "view"}, seed
         home.parent.mkdir(parents=True, exist_ok=True)
         (tmp / "fixture" / "result.json").write_text(json.dumps(result, indent=1))
-        shutil.move(str(tmp / "fixture"), str(home))
+        if home.exists() and not (home / "result.json").exists():
+            shutil.rmtree(home, ignore_errors=True)  # a run cut short
+        try:
+            os.rename(tmp / "fixture", home)
+        except OSError:  # another process made the same run meanwhile: keep its copy
+            if not (home / "result.json").exists():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"  run {spec['writer']}/{spec['model']} lr x{spec['lr_x']:g} {spec['sched']} warm {spec['warmup']} "
@@ -527,6 +535,22 @@ def measurably_better(alt: list[dict], case: list[dict]) -> tuple[bool, float, f
     if any(math.isinf(g) and g > 0 for g in gains):
         mean = math.inf
     return all(g > spread for g in gains), mean, spread
+
+
+def _train_tail(spec: dict, seed: int) -> float:
+    """The median training loss over the last tenth of a run's logged steps (NaN when it is not finite):
+    a run whose validation loss ends above chance diverged only if its training loss did too (a model
+    that memorised a tiny training set can reach such a validation loss while its training loss is low)."""
+    import numpy as np
+
+    from trainlab.doctor.readers import read
+
+    home = WORK / "runs" / run_key(spec, seed)
+    path = {"trainlab": home, "hf": home / "trainer_state.json", "lightning": home / "metrics.csv",
+            "plain": home / "tb"}[spec["writer"]]
+    _, loss = read(path).col("loss", finite=False)
+    tail = loss[-max(1, len(loss) // 10):]
+    return float(np.median(tail)) if len(tail) and np.isfinite(tail).all() else float("nan")
 
 
 def _guard_events(spec: dict) -> int:
@@ -566,13 +590,20 @@ def label(name: str, spec: dict, probes: list, make: bool = True) -> Optional[di
             must_not.append(pid)  # the alternative did no better: the advice would not help
     expected = [pid for _, pid in sorted(confirmed, key=lambda g: -g[0])]
     first = expected[:1]
-    diverged = all(r["final"] is None for r in runs)
-    figures["diverged"] = {"final_nonfinite": [r["final"] is None for r in runs],
+    # diverged: the run ended non-finite, or above the loss of a constant prediction (ln V for a language
+    # model, the target's variance, 1, for the standardised regression), on both seeds
+    chance = 1.0 if spec["model"] == "reg" else math.log(lm_ids("bpe" if spec["model"] == "mlm" else spec["model"])[2])
+    tails = [_train_tail(spec, seed) for seed in SEEDS]
+    diverged = all(r["final"] is None or (r["final"] > chance and not tail < 0.9 * chance)
+                   for r, tail in zip(runs, tails))
+    figures["diverged"] = {"final_nonfinite": [r["final"] is None for r in runs], "chance_loss": chance,
+                           "train_tail": tails,
                            "train_nonfinite_steps": [r["train_nonfinite"] for r in runs]}
     if diverged:
         expected.append("diverged")
         first = first + ["diverged"] if first else ["diverged"]
-    elif all(r["train_nonfinite"] == 0 for r in runs) and not _guard_events(spec):
+    elif all(r["train_nonfinite"] == 0 and r["final"] is not None and r["final"] < 0.9 * chance for r in runs) \
+            and not _guard_events(spec):
         must_not.append("diverged")
     rises = [_overfit(r) for r in runs]
     spread = _spread(runs)
@@ -605,7 +636,7 @@ READ = {("trainlab", "metrics"): ".", ("hf", "state"): "trainer_state.json", ("h
 def _note(spec: dict, probes: list, figures: dict) -> str:
     made = (f"{spec['writer']} {spec['model']} model, peak lr {peak_lr(spec):.3g} ({spec['lr_x']:g}x the base), "
             f"{spec['sched']} schedule, warmup {spec['warmup']}, clip {spec['clip'] or 'none'}, {spec['steps']} steps "
-            f"of batch {spec['batch']}" + (f", training data cut to {spec['data']:,}" if spec["data"] else "")
+            f"of batch {spec['batch'] * {'reg': 4, 'mlm': 2}.get(spec['model'], 1)}" + (f", training data cut to {spec['data']:,}" if spec["data"] else "")
             + (f", {spec['depth']} layers of {spec['act']}" if spec["model"] == "reg" else "") + "; seeds 0 and 1.")
     parts = [made]
     for pid, f in figures.items():
@@ -650,6 +681,7 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="list the cases, their half and whether they are made")
     parser.add_argument("--force", action="store_true", help="rewrite case directories that exist")
     parser.add_argument("--no-train", action="store_true", help="only label cases whose runs are all cached")
+    parser.add_argument("--reverse", action="store_true", help="take the cases last first (for a second process)")
     args = parser.parse_args()
     import torch
 
@@ -659,6 +691,8 @@ def main() -> None:
     assert len(set(names)) == len(names), "case names must be unique"
     chosen = [c for c in all_cases if (not args.only or c[0] in args.only)
               and (not args.writer or c[1]["writer"] == args.writer)]
+    if args.reverse:
+        chosen.reverse()
     if args.list:
         for name, spec, probes in chosen:
             made = (OUT / name / "label.json").exists()
@@ -668,16 +702,25 @@ def main() -> None:
     for name, spec, probes in chosen:
         if (OUT / name / "label.json").exists() and not args.force:
             continue
+        lock = OUT / f".{name}.lock"
+        try:  # several processes can share the work: each case is made by one of them
+            OUT.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            continue
         print(f"{name}:", flush=True)
         try:
             lab = label(name, spec, probes, make=not args.no_train)
         except Exception as err:  # one broken case must not stop the others; it is reported and left unmade
             print(f"  FAILED: {type(err).__name__}: {err}", flush=True)
+            lock.unlink(missing_ok=True)
             continue
         if lab is None:
             print("  (runs not cached; skipped)")
+            lock.unlink(missing_ok=True)
             continue
         write_case(name, spec, lab)
+        lock.unlink(missing_ok=True)
         print(f"  -> expected {lab['expected']} must_not {lab['must_not']}", flush=True)
 
 
