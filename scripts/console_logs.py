@@ -4,7 +4,8 @@
   its config/train_shakespeare_char.py on the bundled Shakespeare corpus (train.bin, val.bin and meta.pkl
   written as its data/shakespeare_char/prepare.py writes them), a small model on the CPU, with the
   overrides it prints;
-- Keras 3 (`model.fit(verbose=2)`, the torch backend): a causal-convolution character model, epoch lines;
+- Keras 3 (`model.fit(verbose=2)`, the torch backend, a LearningRateScheduler so the rate is printed): a
+  causal-convolution character model, epoch lines;
 - a plain PyTorch loop (a 2-layer transformers Llama on the same windows) printing one line per epoch under
   OneCycleLR as in seed 004's log (`epoch/`), and one printing `key=value` lines per step (`keyvalue/`).
 
@@ -13,7 +14,7 @@ a huge lr without clipping) where the tool can make them. Outputs go to
 tests/fixtures/doctor/foreign/console/<tool>/<case>/train.log.
 
     .venv/bin/pip install -r scripts/requirements-logs.txt
-    NANOGPT=/path/to/nanoGPT .venv/bin/python scripts/console_logs.py [nanogpt|keras|epoch|keyvalue ...] [--case=NAME ...]
+    NANOGPT=/path/to/nanoGPT .venv/bin/python scripts/console_logs.py [nanogpt|keras|loop ...] [--case=NAME ...]
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def nanogpt() -> None:
         if CHOSEN and case not in CHOSEN:
             continue
         proc = subprocess.run([sys.executable, "train.py", "config/train_shakespeare_char.py", *small, *extra],
-                              cwd=work, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+                              cwd=work, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         save("nanogpt", case, proc.stdout)
     shutil.rmtree(work, ignore_errors=True)
 
@@ -84,6 +85,7 @@ def nanogpt() -> None:
 # --------------------------------------------------------------------------------------------
 # Keras
 
+# nan: plain SGD at lr 50 without clipping (Adam's normalised steps at such a rate grow huge but stay finite)
 KERAS_CASES = {"healthy": (3e-3, 1.0), "lr_too_high": (9e-2, 1.0), "lr_too_low": (3e-5, 1.0), "nan": (50.0, None)}
 
 
@@ -93,8 +95,11 @@ def keras_logs() -> None:
     import io
 
     import keras
+    import torch
 
     from foreign_logs import windows
+
+    torch.set_num_threads(1)
 
     train, val, vocab = windows()
     seq = 64
@@ -114,11 +119,15 @@ def keras_logs() -> None:
                                   keras.layers.Conv1D(128, 8, padding="causal", activation="relu"),
                                   keras.layers.Conv1D(128, 8, padding="causal", activation="relu"),
                                   keras.layers.Dense(vocab)])
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr, clipnorm=clip),
+        opt = keras.optimizers.SGD(learning_rate=lr) if case == "nan" else keras.optimizers.Adam(learning_rate=lr,
+                                                                                                 clipnorm=clip)
+        model.compile(optimizer=opt,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            model.fit(x, y, batch_size=32, epochs=30, steps_per_epoch=10, validation_data=(vx, vy), verbose=2)
+            # the scheduler callback (here holding the rate) is what makes Keras print `learning_rate`
+            model.fit(x, y, batch_size=32, epochs=30, steps_per_epoch=10, validation_data=(vx, vy), verbose=2,
+                      callbacks=[keras.callbacks.LearningRateScheduler(lambda epoch, rate: rate)])
         save("keras", case, printed.getvalue())
 
 
@@ -128,14 +137,14 @@ def keras_logs() -> None:
 LOOP_CASES = {"healthy": (3e-3, 1.0), "lr_too_high": (9e-2, 1.0), "lr_too_low": (3e-5, 1.0), "nan": (20.0, 0.0)}
 
 
-def loop_logs(style: str) -> None:
+def loop_logs() -> None:
+    """One run per case prints both logs: epoch lines (epoch/) and key=value step lines (keyvalue/)."""
     import torch
-
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from foreign_logs import SEQ, Windows, windows
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     train, val, vocab = windows()
     epochs, per_epoch, batch = 30, 10, 16
     for case, (lr, clip) in LOOP_CASES.items():
@@ -149,9 +158,8 @@ def loop_logs(style: str) -> None:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * per_epoch, pct_start=0.1)
         data = torch.utils.data.DataLoader(Windows(train, epochs * per_epoch * batch, 0), batch_size=batch)
         held = next(iter(torch.utils.data.DataLoader(Windows(val, 64, 1), batch_size=64)))
-        lines = [f"learning_rate = {lr}", f"max_grad_norm = {clip}", "scheduler = onecycle",
-                 f"seq_len = {SEQ}"] if style == "keyvalue" else []
-        it, losses, start = iter(data), [], time.time()
+        kv = [f"learning_rate = {lr}", f"max_grad_norm = {clip}", "scheduler = onecycle", f"seq_len = {SEQ}"]
+        ep, it, losses, start = [], iter(data), [], time.time()
         for step in range(1, epochs * per_epoch + 1):
             b = next(it)
             loss = model(**b).loss
@@ -161,30 +169,27 @@ def loop_logs(style: str) -> None:
             opt.step()
             sched.step()
             losses.append(float(loss))
-            if style == "keyvalue" and step % 5 == 0:
-                lines.append(f"step={step} loss={float(loss):.4f} lr={sched.get_last_lr()[0]:.3e} "
-                             f"grad_norm={float(norm):.3f}")
+            if step % 5 == 0:
+                kv.append(f"step={step} loss={float(loss):.4f} lr={sched.get_last_lr()[0]:.3e} grad_norm={float(norm):.3f}")
             if step % per_epoch:
                 continue
             with torch.no_grad():
                 vloss = float(model(**held).loss)
-            if style == "keyvalue" and step % 50 == 0:
-                lines.append(f"step={step} val_loss={vloss:.4f}")
-            elif style == "epoch":
-                e = step // per_epoch
-                lines.append(f"Epoch {e}/{epochs} | train loss: {np.mean(losses[-per_epoch:]):.4f} | "
-                             f"val loss: {vloss:.4f} | lr: {sched.get_last_lr()[0]:.6f} | "
-                             f"time: {time.time() - start:.1f}s")
-        save(style, case, "\n".join(lines) + "\n")
+            if step % 50 == 0:
+                kv.append(f"step={step} val_loss={vloss:.4f}")
+            ep.append(f"Epoch {step // per_epoch}/{epochs} | train loss: {np.mean(losses[-per_epoch:]):.4f} | "
+                      f"val loss: {vloss:.4f} | lr: {sched.get_last_lr()[0]:.6f} | time: {time.time() - start:.1f}s")
+        save("epoch", case, "\n".join(ep) + "\n")
+        save("keyvalue", case, "\n".join(kv) + "\n")
 
 
 CHOSEN = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--case=")]  # default: every case
 
 
 def main() -> None:
-    tools = {"nanogpt": nanogpt, "keras": keras_logs, "epoch": lambda: loop_logs("epoch"),
-             "keyvalue": lambda: loop_logs("keyvalue")}
-    for name in [a for a in sys.argv[1:] if not a.startswith("--")] or list(tools):
+    tools = {"nanogpt": nanogpt, "keras": keras_logs, "loop": loop_logs}  # loop: epoch/ and keyvalue/
+    names = [a for a in sys.argv[1:] if not a.startswith("--")] or list(tools)
+    for name in dict.fromkeys("loop" if n in ("epoch", "keyvalue") else n for n in names):
         tools[name]()
 
 

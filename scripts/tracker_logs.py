@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from foreign_logs import BATCH, LR, WARMUP, Windows, llama, windows  # noqa: E402
 
-from trainlab.doctor.readers.common import SETTINGS  # noqa: E402
+from trainlab.doctor.readers.common import SETTINGS, classify  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "doctor" / "foreign"
 STEPS = 200
@@ -85,7 +85,10 @@ def keep_mlflow(name: str, store: Path) -> None:
     runs = [m.parent for m in store.glob("*/*/meta.yaml") if (m.parent / "metrics").is_dir()]
     (run,) = runs
     target = dest / "mlruns" / run.parent.name / run.name
-    shutil.copytree(run / "metrics", target / "metrics")
+    for metric in (run / "metrics").rglob("*"):  # the metrics the doctor reads (not runtimes, flos, epochs)
+        if metric.is_file() and classify(metric.relative_to(run / "metrics").as_posix()):
+            (target / "metrics" / metric.relative_to(run / "metrics")).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(metric, target / "metrics" / metric.relative_to(run / "metrics"))
     (target / "params").mkdir()
     for param in (run / "params").iterdir():  # the Trainer logs ~150; the fixture keeps the settings read
         if param.name in SETTINGS:
@@ -99,7 +102,7 @@ def keep_mlflow(name: str, store: Path) -> None:
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{db}")
     new = client.create_run(client.create_experiment("doctor"), run_name=name).info.run_id
     client.log_batch(new, params=[Param(k, v) for k, v in got.data.params.items() if k in SETTINGS])
-    for key in got.data.metrics:
+    for key in filter(classify, got.data.metrics):
         history = src.get_metric_history(run.name, key)
         for i in range(0, len(history), 500):
             client.log_batch(new, metrics=[Metric(m.key, m.value, m.timestamp, m.step) for m in history[i: i + 500]])
