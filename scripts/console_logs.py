@@ -45,7 +45,8 @@ def save(tool: str, case: str, text: str) -> None:
 # --------------------------------------------------------------------------------------------
 # nanoGPT
 
-NANO_CASES = {"healthy": ["--learning_rate=1e-3"], "lr_too_high": ["--learning_rate=3e-2"],
+# lr_x30: 30x its config's 1e-3, measurably worse (val 2.85 against 2.56) but a subtler case than x100
+NANO_CASES = {"healthy": ["--learning_rate=1e-3"], "lr_too_high": ["--learning_rate=1e-1"], "lr_x30": ["--learning_rate=3e-2"],
               "lr_too_low": ["--learning_rate=1e-5"],
               "nan": ["--learning_rate=20.0", "--grad_clip=0.0", "--decay_lr=False"]}
 
@@ -134,7 +135,10 @@ def keras_logs() -> None:
 # --------------------------------------------------------------------------------------------
 # a plain PyTorch loop
 
-LOOP_CASES = {"healthy": (3e-3, 1.0), "lr_too_high": (9e-2, 1.0), "lr_too_low": (3e-5, 1.0), "nan": (20.0, 0.0)}
+# lr_far_no_clip: AdamW at lr 20 without clipping blows the loss up to 3e4, then it collapses to the unigram
+# level (Adam's normalised steps stay finite); nan: plain SGD at lr 20 without clipping reaches NaN
+LOOP_CASES = {"healthy": (3e-3, 1.0), "lr_too_high": (9e-2, 1.0), "lr_too_low": (3e-5, 1.0),
+              "lr_far_no_clip": (20.0, 0.0), "nan": (20.0, 0.0)}
 
 
 def loop_logs() -> None:
@@ -154,7 +158,8 @@ def loop_logs() -> None:
         model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=192,
                                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
                                              max_position_embeddings=SEQ, tie_word_embeddings=True))
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+        opt = (torch.optim.SGD(model.parameters(), lr=lr) if case == "nan"
+               else torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1))
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * per_epoch, pct_start=0.1)
         data = torch.utils.data.DataLoader(Windows(train, epochs * per_epoch * batch, 0), batch_size=batch)
         held = next(iter(torch.utils.data.DataLoader(Windows(val, 64, 1), batch_size=64)))
