@@ -25,11 +25,13 @@ from trainlab.doctor.series import RunSeries
 from trainlab.findings import Finding
 
 WORDS = {"grad_norm": "gradient norm", "lr": "learning rate", "update_ratio": "update-to-weight ratio",
-         "weight_norm": "weight norm", "clip_frac": "clipped fraction", "moe_max_load": "expert load (not a "
-         "mixture of experts)", "loss_quant": "quantiser loss (not a series tokenizer)", "data_wait_frac":
-         "data wait time", "mfu": "MFU", "peak_lr": "the learning rate", "warmup_steps": "the warmup",
+         "weight_norm": "weight norm", "clip_frac": "clipped fraction", "moe_max_load": "expert load",
+         "loss_quant": "quantiser loss", "data_wait_frac": "data wait time", "mfu": "MFU", "peak_lr": "the learning rate", "warmup_steps": "the warmup",
          "grad_clip": "the gradient clipping threshold", "weight_decay": "the weight decay", "params":
          "the model's size", "precision": "the precision", "schedule": "the schedule"}
+
+
+KIND = {"moe_max_load": "not a mixture of experts", "loss_quant": "not a series tokenizer"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class Need:
                 f"needs {self.val} validation losses, the run has {len(c.vloss)}")
         for key in self.metrics:
             if len(s.col(key)[0]) < 5:
-                return f"no {WORDS.get(key, key)} logged"
+                return f"no {WORDS.get(key, key)} logged" + (f" ({KIND[key]})" if key in KIND else "")
         for key in self.facts:
             if s.fact(key) is None:
                 return f"{WORDS.get(key, key)} is not known"
