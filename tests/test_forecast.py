@@ -41,6 +41,13 @@ def runs(tmp_path_factory):
     cli("train", "--preset", "kronos-btc-forecast", "--run-dir", str(fc), *COMMON, "--set", "train.max_steps=6",
         "--set", "train.eval_interval=3", "--set", f"series.tokenizer_run={tok}", "--set", "series.pred_len=8",
         "--set", "data.val_fraction=0.2", "--set", "series.test_fraction=0.2", "--set", "model.n_head=2")
+    with pytest.MonkeyPatch.context() as patch:  # a smaller calibration (on validation), kept for every test
+        patch.setattr(forecast, "TEMPERATURES", (0.8, 1.2))
+        patch.setattr(forecast, "CALIBRATION_ORIGINS", 40)
+        patch.setattr(forecast, "SCALE_ORIGINS", 80)
+        patch.setattr(forecast, "CALIBRATION_SAMPLES", 16)
+        run, task, data = forecast.load(fc)
+        forecast.calibration(run, task, data, log=lambda s: None)
     return tok, fc
 
 
