@@ -617,8 +617,10 @@ def label(name: str, spec: dict, probes: list, make: bool = True) -> Optional[di
     elif all(x <= 0 for x, _ in rises):
         must_not.append("overfitting")
     healthy = not expected
-    # borderline: the lr 2-3x off rather than 10-100x, a mild overfit, or a label confirmed by a narrow margin
-    near = [f for f in figures.values() if f.get("confirmed") and f["mean_gain"] < 2 * f["spread"] + 0.02]
+    # borderline: the lr 2-3x off rather than 10-100x (by its setup, or by a confirmed lr probe whose
+    # alternative lr is within 3.5x), a mild overfit, or a label confirmed by a narrow margin
+    near = [f for f in figures.values() if f.get("confirmed") and (
+        f["mean_gain"] < 2 * f["spread"] + 0.02 or 1 / 3.5 <= f["alternative"].get("lr_f", 0) <= 3.5)]
     borderline = (0.3 <= spec["lr_x"] <= 0.5 or 2 <= spec["lr_x"] <= 3.5 or bool(near)
                   or ("overfitting" in expected and max(x for x, _ in rises) < 0.05))
     return {"case": name, "split": split_of(name), "writer": spec["writer"], "model": spec["model"],
