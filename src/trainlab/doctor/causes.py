@@ -57,13 +57,18 @@ def explain(findings: list[Finding], series: RunSeries) -> list[Finding]:
     return [f for f in findings if id(f) not in dropped]
 
 
+# what a far too high lr shows: the findings it explains, an early blow-up and a stall (not an undertrained
+# or overfitted run: in the corpus, 5x the range's top with warmup trained a 48-wide Llama fine)
+UNSTABLE = set(CAUSES["lr_too_high"]) | {"no_warmup_instability", "plateau"}
+
+
 def _lr_far_above(findings: list[Finding], series: RunSeries) -> list[Finding]:
-    """A peak lr far above the usual range is a cause in itself when the run shows any trouble: whatever
-    else the other detectors saw (a noisy loss, a plateau, a blow-up) follows from it."""
+    """A peak lr far above the usual range is a cause in itself when the run shows instability (UNSTABLE):
+    what the other detectors saw (spikes, a plateau, a blow-up) follows from it."""
     peak = _peak_lr(series)
     if peak is None or peak < FAR_ABOVE or any(f.id == "lr_too_high" for f in findings):
         return findings
-    trouble = [f for f in findings if f.id not in NOT_TRAINING]
+    trouble = [f for f in findings if f.id in UNSTABLE]
     if not trouble:
         return findings
     return [Finding(
