@@ -170,3 +170,14 @@ def test_spikes_of_a_far_too_high_lr_are_folded_into_it():
     assert diag.findings[0].id == "lr_too_high" and "loss_spikes" in diag.findings[0].explains
     assert "loss_spikes" not in [f.id for f in diag.findings]
 
+
+def test_schedule_mismatch_against_the_settings_a_tool_logged(tmp_path):
+    """A Trainer run logged to MLflow states its schedule in its params: the logged lr follows the cosine
+    it states, and departs from it once the params claim a linear decay."""
+    store = tmp_path / "mlruns"
+    shutil.copytree(REPO / "tests" / "fixtures" / "doctor" / "foreign" / "mlflow" / "healthy" / "mlruns", store)
+    assert "schedule_mismatch" not in {f.id for f in diagnose(store).findings}
+    (param,) = store.glob("*/*/params/lr_scheduler_type")
+    param.write_text("linear")
+    f = next(f for f in diagnose(store).findings if f.id == "schedule_mismatch")
+    assert "configured linear schedule" in f.evidence and f.severity == "medium"
