@@ -55,6 +55,10 @@ def _via_client(uri: str, run_id: Optional[str]) -> Optional[tuple[Points, dict[
     in maintenance mode, a read-only database it would migrate)."""
     if run_id is None or "mlflow" not in sys.modules and not _importable("mlflow"):
         return None
+    import logging
+
+    quiet = logging.getLogger("mlflow")
+    level, quiet.level = quiet.level, logging.WARNING  # its store setup logs at INFO on stderr
     try:
         from mlflow.tracking import MlflowClient
 
@@ -66,6 +70,8 @@ def _via_client(uri: str, run_id: Optional[str]) -> Optional[tuple[Points, dict[
         return points, dict(run.data.params)
     except Exception:  # any refusal: the direct reading below needs nothing of mlflow
         return None
+    finally:
+        quiet.setLevel(level)
 
 
 def _importable(name: str) -> bool:
