@@ -58,10 +58,11 @@ def _via_client(uri: str, run_id: Optional[str]) -> Optional[tuple[Points, dict[
     import logging
 
     quiet = logging.getLogger("mlflow")
-    level, quiet.level = quiet.level, logging.WARNING  # its store setup logs at INFO on stderr
+    level = quiet.level
     try:
         from mlflow.tracking import MlflowClient
 
+        quiet.setLevel(logging.WARNING)  # set after mlflow's import configures it: its store setup logs at INFO
         c = MlflowClient(tracking_uri=uri)
         run = c.get_run(run_id)
         points = {key: [(m.step, _stored(m.value, False)) for m in sorted(c.get_metric_history(run_id, key),
