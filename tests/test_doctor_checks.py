@@ -181,3 +181,13 @@ def test_schedule_mismatch_against_the_settings_a_tool_logged(tmp_path):
     param.write_text("linear")
     f = next(f for f in diagnose(store).findings if f.id == "schedule_mismatch")
     assert "configured linear schedule" in f.evidence and f.severity == "medium"
+
+
+def test_a_plateau_advice_in_the_trainers_names():
+    from trainlab.doctor.series import RunSeries
+    from trainlab.doctor.vocabulary import localize
+    from trainlab.findings import Finding
+
+    f = Finding("plateau", "medium", "e", "r", {"schedule.name": "wsd", "schedule.min_lr_ratio": 0.1})
+    localize([f], RunSeries("hf_trainer", Path("/nonexistent/trainer_state.json")))
+    assert f.suggested_overrides == {} and f.suggested_changes["lr_scheduler_type"] == "warmup_stable_decay"

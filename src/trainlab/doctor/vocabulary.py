@@ -18,14 +18,18 @@ from trainlab.findings import Finding
 HF_TRAINER = {"optim.lr": "learning_rate", "schedule.warmup_steps": "warmup_steps", "optim.grad_clip": "max_grad_norm",
               "optim.weight_decay": "weight_decay", "train.batch_size": "per_device_train_batch_size",
               "train.grad_accum": "gradient_accumulation_steps", "train.max_steps": "max_steps",
-              "model.dropout": "dropout (the model config's)", "train.label_smoothing": "label_smoothing_factor"}
+              "model.dropout": "dropout (the model config's)", "train.label_smoothing": "label_smoothing_factor",
+              "schedule.name": "lr_scheduler_type"}
+# trainlab's schedule names as the Trainer's lr_scheduler_type spells them
+HF_SCHEDULES = {"wsd": "warmup_stable_decay", "cosine": "cosine", "constant": "constant_with_warmup",
+                "cosine_restarts": "cosine_with_restarts"}
 IN_WORDS = {"optim.lr": "learning rate", "schedule.warmup_steps": "warmup steps",
             "optim.grad_clip": "gradient clipping (max norm)", "optim.weight_decay": "weight decay",
             "train.batch_size": "batch size", "train.grad_accum": "gradient accumulation steps",
             "train.max_steps": "training steps", "train.epochs": "epochs", "model.dropout": "dropout",
             "train.precision": "precision", "train.label_smoothing": "label smoothing",
             "early_stopping.patience": "early stopping patience (evaluations)",
-            "schedule.min_lr_ratio": "final lr as a fraction of the peak", "model.d_model": "model width",
+            "schedule.min_lr_ratio": "final lr as a fraction of the peak", "schedule.name": "lr schedule", "model.d_model": "model width",
             "model.n_layer": "layers", "train.sample_tokens": "sample length"}
 
 
@@ -49,6 +53,8 @@ def _hf_value(key: str, name: str, value: Any, args: dict, series: RunSeries) ->
     """TrainingArguments take precision as flags, and a warmup as a ratio when the run was set up that way."""
     if key == "train.precision":
         return {"fp16": "fp16", "bf16": "bf16"}.get(str(value), "fp16"), True
+    if key == "schedule.name":
+        return name, HF_SCHEDULES.get(str(value), str(value))
     if key == "schedule.warmup_steps" and args.get("warmup_ratio") and not args.get("warmup_steps"):
         total = args.get("max_steps") if (args.get("max_steps") or 0) > 0 else series.fact("max_steps")
         if total:
