@@ -35,8 +35,14 @@ SHAPES = {  # name: overrides; each deep enough that the estimate extends its pr
 }
 
 
+# what is compared is a training step and its memory: evaluations and samples, which the probe also times,
+# are kept short so that a repeat of the grid takes minutes
+QUICK = ["train.eval_batches=2", "train.sample_tokens=0"]
+
+
 def cell(shape: list[str], precision: str, compiled: bool, cache: Path) -> dict:
-    cfg = resolve("shakespeare-char", overrides=shape + [f"train.precision={precision}", f"train.compile={compiled}"])
+    cfg = resolve("shakespeare-char", overrides=shape + QUICK + [f"train.precision={precision}",
+                                                                   f"train.compile={compiled}"])
     cfg, _ = prepared(cfg, log=lambda s: None)
     device = hardware.resolve_device("auto")
     est = estimate(cfg, precision, device, timing=probe(cfg, precision, device, cache_dir=cache))

@@ -40,7 +40,8 @@ class Need:
 
     train: int = 0  # finite training losses
     val: int = 0  # validation losses
-    metrics: tuple[str, ...] = ()  # logged training metrics (at least 5 points each)
+    metrics: tuple[str, ...] = ()  # logged training metrics (at least `points` points each)
+    points: int = 5
     facts: tuple[str, ...] = ()  # facts of the run's setup
     lr: bool = False  # a logged lr curve or a stated peak lr
     config: bool = False  # the run's own config (a trainlab run)
@@ -57,7 +58,7 @@ class Need:
             return "no validation loss" if not len(c.vloss) else (
                 f"needs {self.val} validation losses, the run has {len(c.vloss)}")
         for key in self.metrics:
-            if len(s.col(key)[0]) < 5:
+            if len(s.col(key)[0]) < self.points:
                 return f"no {WORDS.get(key, key)} logged" + (f" ({KIND[key]})" if key in KIND else "")
         for key in self.facts:
             if s.fact(key) is None:
@@ -84,7 +85,7 @@ NEEDS = {
     "capacity_too_small": Need(facts=("params",)), "undertrained": Need(val=3, train=1),
     "batch_too_small": Need(train=30), "schedule_decays_too_early": Need(metrics=("lr",)),
     "clip_too_strict": Need(facts=("grad_clip",), metrics=("grad_norm",)), "expert_imbalance": Need(metrics=("moe_max_load",)),
-    "negative_loss_explained": Need(metrics=("loss_quant",)), "input_bound": Need(metrics=("data_wait_frac",)),
+    "negative_loss_explained": Need(metrics=("loss_quant",), points=1), "input_bound": Need(metrics=("data_wait_frac",)),
     "low_mfu": Need(any_fact=("precision", "mfu")), "precision_mismatch": Need(facts=("precision",)),
 }
 
