@@ -249,7 +249,7 @@ class UserPaths:
 
     def test_eval(self, trained):
         if trained.recipe.task == "series_forecast":  # a walk-forward evaluation, its table and its JSON
-            out = trainlab("eval", trained.run, "--samples", "8").stdout
+            out = trainlab("eval", trained.run, "--samples", "8", "--origins", "40").stdout
             result = json.loads((trained.run / "forecast_eval.json").read_text())
             assert list(result["horizons"]) == ["1", "6", "24"] and "| 24 | gaussian_vol |" in out
             return
