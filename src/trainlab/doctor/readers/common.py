@@ -3,11 +3,14 @@ non-finite losses, and the peak lr and warmup read off a logged lr curve."""
 
 from __future__ import annotations
 
+import csv
 import math
 import re
+from pathlib import Path
 from typing import Optional
 
 from trainlab.doctor.series import RunSeries
+from trainlab.errors import TrainlabError
 
 # metric names other tools use, mapped to trainlab's (after split prefixes are removed)
 ALIASES = {
@@ -170,4 +173,24 @@ def from_points(source: str, path, points: dict[str, list[tuple[int, float]]], s
     unmask_nonfinite(series)
     lr_facts(series)
     stated_facts(series, settings)
+    return series
+
+
+def csv_rows(path: Path) -> list[dict]:
+    """A CSV file's rows as dicts; a file that is not readable CSV is one clear error."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        raise TrainlabError(f"'{path}' cannot be read as CSV") from None
+
+
+def finish(series: RunSeries, merged: dict[tuple[str, int], dict], no_loss: str) -> RunSeries:
+    """The merged points into the series, masked non-finite values restored, the lr facts; `no_loss` is the
+    error when neither a training nor a validation loss was found."""
+    fill(series, merged)
+    unmask_nonfinite(series)
+    if not series.train and not series.val:
+        raise TrainlabError(no_loss)
+    lr_facts(series)
     return series

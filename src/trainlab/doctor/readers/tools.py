@@ -3,11 +3,10 @@ TensorBoard event directories."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-from trainlab.doctor.readers.common import classify, fill, lr_facts, stated_facts, unmask_nonfinite
+from trainlab.doctor.readers.common import classify, csv_rows, finish, lr_facts, stated_facts, unmask_nonfinite
 from trainlab.doctor.series import RunSeries
 from trainlab.doctor.vocabulary import _training_args
 from trainlab.errors import TrainlabError
@@ -54,11 +53,7 @@ def read_hf_trainer_state(path: Path) -> RunSeries:
 
 
 def read_lightning_csv(path: Path) -> RunSeries:
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        raise TrainlabError(f"'{path}' cannot be read as CSV") from None
+    rows = csv_rows(path)
     if not rows or "step" not in rows[0]:
         raise TrainlabError(f"'{path}' is not a Lightning metrics.csv (no 'step' column)")
     series = RunSeries("lightning", Path(path))
@@ -79,12 +74,7 @@ def read_lightning_csv(path: Path) -> RunSeries:
             except ValueError:
                 continue
             merged.setdefault((kind[0], step), {"step": step})[kind[1]] = value
-    fill(series, merged)
-    unmask_nonfinite(series)
-    if not series.train and not series.val:
-        raise TrainlabError(f"'{path}' holds no loss column (train_loss, val_loss, ...)")
-    lr_facts(series)
-    return series
+    return finish(series, merged, f"'{path}' holds no loss column (train_loss, val_loss, ...)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,9 +98,4 @@ def read_tensorboard(directory: Path) -> RunSeries:
             for ev in acc.Scalars(tag):
                 merged.setdefault((kind[0], int(ev.step)), {"step": int(ev.step)})[kind[1]] = float(ev.value)
     series = RunSeries("tensorboard", Path(directory))
-    fill(series, merged)
-    unmask_nonfinite(series)
-    if not series.train and not series.val:
-        raise TrainlabError(f"'{directory}': its events hold no loss scalars")
-    lr_facts(series)
-    return series
+    return finish(series, merged, f"'{directory}': its events hold no loss scalars")

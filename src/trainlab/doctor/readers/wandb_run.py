@@ -20,7 +20,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from trainlab.doctor.readers.common import FORMATS, from_points, number
+from trainlab.doctor.readers.common import FORMATS, csv_rows, from_points, number
 from trainlab.doctor.series import RunSeries
 from trainlab.errors import TrainlabError
 
@@ -77,11 +77,7 @@ def read_wandb(path: Path) -> RunSeries:
 
 
 def read_wandb_csv(path: Path) -> RunSeries:
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        raise TrainlabError(f"'{path}' cannot be read as CSV") from None
+    rows = csv_rows(path)
     step_col = next((k for k in STEP_KEYS + ("_step", "Step") if rows and k in rows[0]), "Step")
     points: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
