@@ -46,6 +46,7 @@ def runs(tmp_path_factory):
         patch.setattr(forecast, "CALIBRATION_ORIGINS", 40)
         patch.setattr(forecast, "SCALE_ORIGINS", 80)
         patch.setattr(forecast, "CALIBRATION_SAMPLES", 16)
+        patch.setattr(forecast, "SCALE_SAMPLES", 16)
         run, task, data = forecast.load(fc)
         forecast.calibration(run, task, data, log=lambda s: None)
     return tok, fc
@@ -162,6 +163,8 @@ def test_walk_forward_eval_scores_model_and_baselines_on_the_test_period(runs):
     assert result["season"] == 24
     cal = json.loads((fc / "calibration.json").read_text())  # chosen on validation rows, before the test rows
     assert result["temperature"] == cal["temperature"]
+    for h, levels in result["interval_scale"].items():  # each interval widened by its own level's scale
+        assert levels == {k: pytest.approx(cal["interval_scale"][k][int(h) - 1]) for k in ("80", "90")}
     assert info["first_val_timestamp"] <= cal["period"][0] < cal["period"][1] < info["first_test_timestamp"]
     for block in result["horizons"].values():
         rw, model = block["baselines"]["random_walk"], block["model"]
@@ -244,6 +247,34 @@ def test_doctor_says_no_better_than_naive_from_the_evaluation(runs, tmp_path):
     result["horizons"]["6"]["tests"]["dm_crps_p"] = 0.01
     (run / "forecast_eval.json").write_text(json.dumps(result))
     assert "no_better_than_naive" not in {f.id for f in diagnose(run, check_data=False).findings}
+
+
+def test_interval_scales_calibrate_each_level_where_one_scale_cannot():
+    """Sampled paths narrower than the truth and with lighter tails (a Gaussian against Student-t errors): the
+    per-level scales, fitted on one set of origins, cover 80% and 90% of a fresh set; the quantiles written
+    by `trainlab forecast` are the same intervals."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(1, 7)
+
+    def draw(n):
+        sd = np.sqrt(steps)  # a random walk's spread: the fitted scales follow a power law in the step
+        raw = 100 + rng.normal(size=(n, 100, 6)) * sd
+        return raw, 100 + 1.7 * rng.standard_t(2, size=(n, 6)) * sd
+
+    fit_raw, fit_y = draw(3000)
+    levels = forecast._scales(fit_raw, fit_y)
+    assert levels["90"][0] > levels["80"][0] > 1  # heavier tails: the 90% interval needs more widening
+    np.testing.assert_allclose(levels["80"] / levels["80"][0], np.ones(6), rtol=0.08)  # no trend in the step
+    cal = {"scale": np.sqrt(levels["80"] * levels["90"]).tolist(),
+           "interval_scale": {k: v.tolist() for k, v in levels.items()}}
+    raw, y = draw(3000)
+    q05, q10, q90, q95 = forecast.quantiles(raw, cal, (0.05, 0.1, 0.9, 0.95))
+    assert abs(((y >= q10) & (y <= q90)).mean() - 0.8) < 0.02
+    assert abs(((y >= q05) & (y <= q95)).mean() - 0.9) < 0.02
+    one = forecast._spread(raw, np.array(cal["scale"]))  # one scale for both: off at one level or the other
+    lo5, lo10, hi90, hi95 = np.quantile(one, [0.05, 0.1, 0.9, 0.95], axis=1)
+    assert max(abs(((y >= lo10) & (y <= hi90)).mean() - 0.8), abs(((y >= lo5) & (y <= hi95)).mean() - 0.9)) > 0.03
+    assert forecast.scale_for({"scale": [2.0, 3.0]}, 4, 0.8).tolist() == [2.0, 3.0, 3.0, 3.0]  # an older file
 
 
 def test_scores_against_hand_computations():
