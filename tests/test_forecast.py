@@ -294,3 +294,16 @@ def test_scores_against_hand_computations():
     assert scores.diebold_mariano(d, np.zeros(50), 1)["stat"] == pytest.approx(plain * np.sqrt(49 / 50))
     lo, hi = scores.block_bootstrap_ci(a, block=5)
     assert lo < a.mean() < hi
+
+
+def test_doctor_on_a_real_forecaster_run_names_the_evaluation_not_the_learning_rate():
+    """A kronos-btc-forecast run with the preset's defaults (btc-1h, early-stopped at step 1,300): its weight
+    norm grew 5.5x with updates of 1.5e-3 of the weights per step while its loss kept falling. Its lr was not
+    too high: `doctor --verify` with a fifth of it ended 1.58 higher in validation loss (95% interval
+    [+1.45, +1.70], 3 seeds). The finding is that it forecasts no better than the naive baselines."""
+    from trainlab.doctor import diagnose
+
+    diag = diagnose(Path(__file__).parent / "fixtures" / "doctor" / "forecaster", check_data=False)
+    ids = [f.id for f in diag.findings]
+    assert ids[0] == "no_better_than_naive" and "lr_too_high" not in ids
+    assert diag.verdict == "failing"

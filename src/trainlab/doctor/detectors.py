@@ -139,14 +139,18 @@ def lr_too_high(c: Curves) -> Optional[Finding]:
     if scatter is not None and scatter >= 0.25:
         rose_back = many_spikes = False
     # weights inflated: under AdamW a sane lr leaves the weight norm within ~1.5x of its start (weight
-    # decay balances the updates); steps far too large for the weights' scale blow it up several-fold
+    # decay balances the updates); steps far too large for the weights' scale blow it up several-fold.
+    # Growth alone is no symptom: weights that start small (an embedding-fed decoder, a fresh head) grow
+    # several-fold at a sound rate (a series forecaster grew 5.5x at lr 2e-3 with updates of 1.5e-3 of the
+    # weights per step, while its loss kept falling, and a fifth of that rate did far worse). It counts
+    # with updates above 1% of the weights per step (ten times the usual ~1e-3) or with a stalled loss
+    stall = _improvement_after(c, 0.1)
     wsteps, wn = c.s.col("weight_norm")
     growth = float(wn.max() / wn[0]) if len(wn) >= 5 and wn[0] > 0 else None
-    oversized = growth is not None and growth >= 4.0
     ratio = _update_ratio(c)
+    oversized = growth is not None and growth >= 4.0 and (stall < 0.15 or (ratio is not None and ratio >= 1e-2))
     # a stall at a rate outside the usual range: Adam-family optimisers train small transformers at peak
     # rates of about 1e-4 to 1e-2; far above that the loss drops to a plateau within warmup and stays
-    stall = _improvement_after(c, 0.1)
     stalled = c.peak_lr is not None and c.peak_lr >= STALL_LR and stall < 0.15
     if not (rose_back or many_spikes or oversized or stalled or len(rollbacks) >= 2
             or (c.nonfinite and c.tsteps[0] > warm)):
