@@ -1,6 +1,6 @@
 """Measure the doctor on its labelled corpus (tests/fixtures/doctor/corpus, made by scripts/doctor_corpus.py):
 per-id precision and recall on each half, each case it got wrong with what it said, the high-severity
-findings on healthy runs, and whether the first finding is the labelled cause.
+findings on healthy runs, and whether the first finding is the labelled cause; the same per writer.
 
     .venv/bin/python scripts/doctor_eval.py [--half fit|measure] [--json]
 
@@ -49,7 +49,8 @@ def judge(lab: dict, root: Path = CORPUS) -> dict[str, Any]:
         first_ok = not high
     else:
         first_ok = bool(found) and found[0][0] in lab["first"]
-    return {"case": lab["case"], "split": lab["split"], "healthy": lab["healthy"], "expected": lab["expected"],
+    return {"case": lab["case"], "split": lab["split"], "writer": lab["writer"], "healthy": lab["healthy"],
+            "expected": lab["expected"],
             "must_not": lab["must_not"], "found": found, "said": sorted(said), "missed": missed, "wrong": wrong,
             "high_on_healthy": high if lab["healthy"] else [], "first_ok": first_ok,
             "right": not missed and not wrong and first_ok}
@@ -80,6 +81,13 @@ def report(rows: list[dict], half: str) -> str:
         prec = f"{c['tp'] / (c['tp'] + c['fp']):.2f}" if c["tp"] + c["fp"] else "-"
         rec = f"{c['tp'] / (c['tp'] + c['fn']):.2f}" if c["tp"] + c["fn"] else "-"
         lines.append(f"{i:24s} {c['tp']:4d} {c['fn']:4d} {c['fp']:4d} {prec:>10s} {rec:>7s}")
+    lines.append(f"{'writer':14s} {'cases':>5s} {'right':>5s} {'first right':>11s} {'high on healthy':>15s}")
+    for writer in sorted({r["writer"] for r in rows}):
+        w = [r for r in rows if r["writer"] == writer]
+        ill = [r for r in w if not r["healthy"]]
+        lines.append(f"{writer:14s} {len(w):5d} {sum(r['right'] for r in w):5d} "
+                     f"{sum(r['first_ok'] for r in ill):>5d} of {len(ill):<3d} "
+                     f"{sum(len(r['high_on_healthy']) for r in w):>6d} on {sum(r['healthy'] for r in w):<3d}")
     wrong = [r for r in rows if not r["right"]]
     if wrong:
         lines.append("wrong:")

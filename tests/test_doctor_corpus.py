@@ -1,7 +1,7 @@
 """The doctor on its labelled corpus (tests/fixtures/doctor/corpus, made by scripts/doctor_corpus.py and
 measured by scripts/doctor_eval.py): the corpus is as varied as its description says, and on the fit
-half the doctor keeps what it was measured to do. The measure half is reported by doctor_eval, not
-asserted here (it is not tuned on)."""
+half the doctor keeps what it was measured to do (cases of every writer, those scripts/corpus_views.py
+added included). The measure half is reported by doctor_eval, not asserted here (it is not tuned on)."""
 
 from __future__ import annotations
 
@@ -24,25 +24,51 @@ FIT = [lab for lab in LABELS if lab["split"] == "fit"]
 FIRST_RIGHT = {
     "hf-char-lr-5000x-noclip-nowarm", "pl-char-lr-3x-nowarm", "pl-char-lr-5000x-noclip-nowarm", "pt-char-data-8k",
     "pt-char-lr-0.01x", "pt-char-lr-10x-noclip-nowarm", "pt-reg-data-400", "tl-char-lr-10x",
-    "tl-char-lr-10x-noclip-nowarm", "tl-char-lr-2.5x", "tl-char-lr-3x-nowarm", "tl-mlm-lr-0.1x"}
+    "tl-char-lr-10x-noclip-nowarm", "tl-char-lr-2.5x", "tl-char-lr-3x-nowarm", "tl-mlm-lr-0.1x",
+    # the writers the readers added (scripts/corpus_views.py), measured when they joined the corpus
+    "hc-char-data-2.5k", "hc-char-lr-0.01x", "hc-char-lr-10x-noclip-nowarm", "hc-char-lr-2.5x",
+    "hc-char-lr-5000x-noclip-nowarm", "mf-char-data-2.5k", "mf-char-lr-0.01x", "mf-char-lr-5000x-noclip-nowarm",
+    "mf-char-lr-500x-noclip-nowarm", "pc-char-data-8k", "pc-char-lr-0.01x", "pc-char-lr-10x-noclip-nowarm",
+    "pc-char-lr-5000x-noclip-nowarm", "pc-char-lr-500x-noclip-nowarm", "pc-reg-data-400", "wb-char-data-2.5k",
+    "wb-char-data-8k"}
 HEALTHY_CLEAN = {
     "hf-bpe-cosine", "hf-char-constant", "hf-char-data-8k", "hf-char-lr-0.3x", "pl-bpe-lr-3x", "pl-char-wsd",
     "pt-char-clip-0.05", "pt-char-constant", "pt-char-lr-10x", "pt-char-lr-2.5x", "pt-reg-constant-600-steps",
     "pt-reg-tanh-16-layers", "tl-bpe-lr-0.3x", "tl-bpe-lr-3x", "tl-char-batch-2", "tl-char-data-8k",
-    "tl-char-onecycle", "tl-mlm-cosine", "tl-mlm-lr-3x"}
+    "tl-char-onecycle", "tl-mlm-cosine", "tl-mlm-lr-3x",
+    "hc-bpe-cosine", "hc-char-constant", "hc-char-lr-0.3x", "hc-char-wsd", "mf-char-cosine", "mf-char-lr-0.3x",
+    "mf-char-onecycle", "mf-char-wsd", "mf-reg-tanh-16-layers", "pc-char-constant", "pc-char-cosine", "pc-char-lr-10x",
+    "pc-char-onecycle", "pc-reg-tanh-16-layers", "wb-char-cosine", "wb-char-lr-0.3x", "wb-char-lr-10x",
+    "wb-char-lr-2.5x", "wb-reg-tanh-16-layers"}
+# the four writers that made the runs, and the tools that wrote the same runs again (scripts/corpus_views.py)
+WRITERS = {"trainlab", "hf", "lightning", "plain", "mlflow", "wandb", "plain_console", "hf_console"}
 
 
 def test_the_corpus_is_as_described():
     assert len(LABELS) >= 60
     writers = Counter(lab["writer"] for lab in LABELS)
-    assert set(writers) == {"trainlab", "hf", "lightning", "plain"} and min(writers.values()) >= 10, writers
+    assert set(writers) == WRITERS and min(writers.values()) >= 10, writers
     assert {"char", "bpe", "mlm", "reg"} <= {lab["model"] for lab in LABELS}
-    assert sum(lab["borderline"] for lab in LABELS) * 3 >= len(LABELS)
+    runs = [lab for lab in LABELS if "source_case" not in lab]  # distinct runs (a rewritten one is its source's)
+    assert sum(lab["borderline"] for lab in runs) * 3 >= len(runs)
     assert sum(lab["healthy"] for lab in LABELS) >= 10
     for lab in LABELS:  # the split is the stated rule, and every label carries what confirmed it
         assert lab["split"] == doctor_eval.split_of(lab["case"])
         assert not set(lab["expected"]) & set(lab["must_not"]) and lab["note"]
         assert lab["healthy"] == (not lab["expected"])
+
+
+def test_a_rewritten_run_keeps_its_source_label():
+    """A case another tool wrote from a run's scalars is labelled as that run is, and read where a user would point."""
+    by_name = {lab["case"]: lab for lab in LABELS}
+    views = [lab for lab in LABELS if "source_case" in lab]
+    assert len(views) >= 90
+    same = ("expected", "first", "must_not", "healthy", "borderline", "spec", "figures", "model")
+    for lab in views:
+        src = by_name[lab["source_case"]]
+        assert {k: lab[k] for k in same} == {k: src[k] for k in same} and lab["source_case"] in lab["note"]
+        assert lab["writer"] not in ("trainlab", "hf", "lightning", "plain")
+        assert (doctor_eval.CORPUS / lab["case"] / lab["read"]).exists()
 
 
 @pytest.fixture(scope="module")

@@ -184,6 +184,8 @@ def test_console_settings_are_taken_from_the_log_or_said_missing():
      {"train": [(3, 0.41)], "val": [(3, 0.44)]}),
     ("lr = 0.001\nstep=10 epoch=1 loss=2.31 lr=1.0e-03 grad_norm=0.52\nstep: 20, loss: inf\n",
      {"train": [(10, 2.31), (20, math.inf)], "val": []}),
+    ("step 2 | loss 4.2852 | lr 2.000e-03 | grad_norm 1.4156\nstep 20 | loss nan | lr 2.000e-02 | grad_norm nan\n"
+     "step 20 | val_loss 3.2150\n", {"train": [(2, 4.2852), (20, math.nan)], "val": [(20, 3.215)]}),  # `| key value |`
 ])
 def test_console_lines(tmp_path, text, rows):
     log = tmp_path / "train.log"

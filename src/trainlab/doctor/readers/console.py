@@ -8,7 +8,8 @@ Recognised lines (anything else is skipped):
 - the Hugging Face Trainer's printed dicts, `{'loss': 2.3, 'grad_norm': 0.9, 'learning_rate': 0.001,
   'epoch': 0.25}` (they carry epochs, not steps);
 - epoch lines such as `Epoch 3/30 | train loss: 0.41 | val loss: 0.44 | lr: 0.0002`;
-- plain `key=value` or `key: value` lines that carry a step (step, iter, iteration) or an epoch.
+- plain `key=value` or `key: value` lines that carry a step (step, iter, iteration) or an epoch, and
+  lines of `|`-separated `key value` fields, `step 40 | loss 2.31 | lr 1.0e-02 | grad_norm 0.84`.
 A `key = value` line with neither a step nor an epoch is a setting (learning rate, warmup, clipping,
 weight decay, ...). Steps count optimizer steps where the log gives them; a log of epochs alone is read
 with one step per epoch (times the batches per epoch when Keras prints them), and says so.
@@ -33,6 +34,8 @@ PAIR = re.compile(rf"(?<![\w/.\-])['\"]?([A-Za-z_][\w/.\-]*(?: [A-Za-z_][\w/.\-]
                   rf"({VALUE})(?![\w.])", re.I)
 POSITION = re.compile(r"\b(epoch|step|iter|iteration|global_step|it)\b['\"]?\s*[:=]?\s*['\"]?(\d+(?:\.\d+)?)(?:\s*/\s*(\d+))?",
                       re.I)
+# one `|`-separated field of `name value`, as in `step 40 | loss 2.31 | lr 1.0e-02`
+FIELD = re.compile(rf"^\s*([A-Za-z_][\w/.\-]*)\s+({VALUE})\s*$", re.I)
 KERAS_BATCHES = re.compile(r"^\s*(\d+)/(\d+)\s")
 SETTING = re.compile(r"^\s*(?:Overriding:\s*)?([A-Za-z_][\w.]*)\s*[=:]\s*([^#,]+?)\s*(?:#.*)?$")
 
@@ -85,8 +88,8 @@ def _line(line: str, p: Parsed) -> None:
         return
     found = list(POSITION.finditer(line))
     position = next((m for m in found if m.group(1).lower() != "epoch"), found[0] if found else None)
-    pairs = [(name, value) for name, value in PAIR.findall(line)
-             if not POSITION.fullmatch(f"{name.strip()} 0")]
+    pairs = PAIR.findall(line) + ([m.groups() for f in line.split("|") if (m := FIELD.match(f))] if "|" in line else [])
+    pairs = [(name, value) for name, value in pairs if not POSITION.fullmatch(f"{name.strip()} 0")]
     metrics = [(classify(re.sub(r"\s+", "_", name.strip())), value) for name, value in pairs]
     metrics = [(kind, value) for kind, value in metrics if kind]
     if (m := KERAS_BATCHES.match(line)) and metrics and p.epoch is not None:
