@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import os
 import shutil
 import sys
@@ -68,7 +67,8 @@ def tb_scalars(tb: Path) -> dict[int, dict[str, float]]:
     for tag in acc.Tags()["scalars"]:
         for ev in acc.Scalars(tag):
             # TensorBoard keeps float32: each value as the shortest decimal of that float32
-            rows.setdefault(int(ev.step), {})[tag] = float(repr(np.float32(ev.value)).removeprefix("np.float32(").rstrip(")"))
+            shortest = repr(np.float32(ev.value)).removeprefix("np.float32(").rstrip(")")
+            rows.setdefault(int(ev.step), {})[tag] = float(shortest)
     return dict(sorted(rows.items()))
 
 

@@ -88,7 +88,8 @@ def _line(line: str, p: Parsed) -> None:
         return
     found = list(POSITION.finditer(line))
     position = next((m for m in found if m.group(1).lower() != "epoch"), found[0] if found else None)
-    pairs = PAIR.findall(line) + ([m.groups() for f in line.split("|") if (m := FIELD.match(f))] if "|" in line else [])
+    fields = [m.groups() for f in line.split("|") if (m := FIELD.match(f))] if "|" in line else []
+    pairs = PAIR.findall(line) + fields
     pairs = [(name, value) for name, value in pairs if not POSITION.fullmatch(f"{name.strip()} 0")]
     metrics = [(classify(re.sub(r"\s+", "_", name.strip())), value) for name, value in pairs]
     metrics = [(kind, value) for kind, value in metrics if kind]
