@@ -38,9 +38,11 @@ def runs(tmp_path_factory):
         "--set", "train.eval_interval=3", "--set", "series.lookback=24", "--set", "series.pred_len=8",
         "--set", "series.s1_bits=5", "--set", "series.s2_bits=5", "--set", "series.causal=true",
         "--set", "data.val_fraction=0.4", "--set", "train.sample_tokens=0")
-    cli("train", "--preset", "kronos-btc-forecast", "--run-dir", str(fc), *COMMON, "--set", "train.max_steps=6",
+    made = cli("train", "--preset", "kronos-btc-forecast", "--run-dir", str(fc), *COMMON, "--set", "train.max_steps=6",
         "--set", "train.eval_interval=3", "--set", f"series.tokenizer_run={tok}", "--set", "series.pred_len=8",
         "--set", "data.val_fraction=0.2", "--set", "series.test_fraction=0.2", "--set", "model.n_head=2")
+    assert "(frozen, encoded causally)" in made.stdout + made.stderr
+    assert "WARNING: the tokenizer" not in made.stdout + made.stderr  # it was trained causal: nothing to say
     with pytest.MonkeyPatch.context() as patch:  # a smaller calibration (on validation), kept for every test
         patch.setattr(forecast, "TEMPERATURES", (0.8, 1.2))
         patch.setattr(forecast, "CALIBRATION_ORIGINS", 40)

@@ -116,6 +116,18 @@ def diverged(c: Curves) -> Optional[Finding]:
                    {"optim.lr": _round_lr(lr / 10)} if lr else {})
 
 
+def _weight_growth(c: Curves) -> Optional[float]:
+    """The weight norm's peak over its first value. Under AdamW a sane lr leaves it within ~1.5x of its start
+    (weight decay balances the updates); steps far too large for the weights' scale blow it up several-fold.
+    Growth alone is no symptom: weights that start small (an embedding-fed decoder, a fresh head) grow
+    several-fold at a sound rate (a series forecaster grew 5.5x at lr 2e-3 with updates of 1.5e-3 of the
+    weights per step while its loss kept falling, and a fifth of that rate did far worse), so lr_too_high
+    counts it only with updates above 1% of the weights per step (ten times the usual ~1e-3) or with a
+    stalled loss."""
+    _, wn = c.s.col("weight_norm")
+    return float(wn.max() / wn[0]) if len(wn) >= 5 and wn[0] > 0 else None
+
+
 def lr_too_high(c: Curves) -> Optional[Finding]:
     """After warmup the loss climbs back up, spikes repeatedly, or the guards must step in."""
     if c.n < 10:
@@ -138,16 +150,9 @@ def lr_too_high(c: Curves) -> Optional[Finding]:
     scatter = _scatter(c)
     if scatter is not None and scatter >= 0.25:
         rose_back = many_spikes = False
-    # weights inflated: under AdamW a sane lr leaves the weight norm within ~1.5x of its start (weight
-    # decay balances the updates); steps far too large for the weights' scale blow it up several-fold.
-    # Growth alone is no symptom: weights that start small (an embedding-fed decoder, a fresh head) grow
-    # several-fold at a sound rate (a series forecaster grew 5.5x at lr 2e-3 with updates of 1.5e-3 of the
-    # weights per step, while its loss kept falling, and a fifth of that rate did far worse). It counts
-    # with updates above 1% of the weights per step (ten times the usual ~1e-3) or with a stalled loss
     stall = _improvement_after(c, 0.1)
     wsteps, wn = c.s.col("weight_norm")
-    growth = float(wn.max() / wn[0]) if len(wn) >= 5 and wn[0] > 0 else None
-    ratio = _update_ratio(c)
+    growth, ratio = _weight_growth(c), _update_ratio(c)
     oversized = growth is not None and growth >= 4.0 and (stall < 0.15 or (ratio is not None and ratio >= 1e-2))
     # a stall at a rate outside the usual range: Adam-family optimisers train small transformers at peak
     # rates of about 1e-4 to 1e-2; far above that the loss drops to a plateau within warmup and stays

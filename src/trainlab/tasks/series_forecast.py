@@ -304,7 +304,11 @@ class SeriesForecast(Task):
         d, c = self.data, self.data.candles
         return (f"{len(c.values):,} rows x {len(c.features)} features | {len(self.train_starts):,} train windows "
                 f"(rows before {c.timestamps[d.val_start]}), {len(d.val_starts):,} validation windows, test from "
-                f"{c.timestamps[d.test_start]} | tokenizer {d.tokenizer.path} (frozen, encoded causally)")
+                f"{c.timestamps[d.test_start]} | tokenizer {d.tokenizer.path} (frozen, encoded causally)"
+                + ("" if d.tokenizer.s.causal else
+                   " | WARNING: the tokenizer was trained with its encoder seeing whole windows (series.causal="
+                   "false), so the causal codes a forecaster needs are not the ones it learned; retrain it with "
+                   "--set series.causal=true"))
 
     # -- a finished run -------------------------------------------------------------------------------------
     @classmethod
