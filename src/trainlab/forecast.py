@@ -224,13 +224,12 @@ def _realised_vol(path: np.ndarray, last: np.ndarray) -> np.ndarray:
     return np.sqrt((np.diff(np.log(np.maximum(full, 1e-12)), axis=-1) ** 2).mean(-1))
 
 
-def _model_metrics(raw: np.ndarray, cal: dict[str, Any], truth: np.ndarray, last: np.ndarray, h: int, block: int,
+def _model_metrics(closes: np.ndarray, bounds: np.ndarray, truth: np.ndarray, last: np.ndarray, h: int, block: int,
                    seed: int):
-    """Metrics of the sampled closes (origins, n, steps), as sampled, at horizon h, widened as calibrated;
-    (metrics, CRPS per origin)."""
-    closes = _spread(raw, scale_for(cal, raw.shape[2]))
+    """Metrics at horizon h of the calibrated paths (origins, n, steps) and the calibrated q05, q10, q90 and q95
+    (4, origins, steps); (metrics, CRPS per origin)."""
     x, y = closes[:, :, h - 1], truth[:, h - 1]
-    q = quantiles(raw, cal, (0.05, 0.1, 0.9, 0.95))[..., h - 1]
+    q = bounds[..., h - 1]
     crps = scores.crps_samples(x, y)
     m = _point_metrics(np.median(x, axis=1), y, last, block, seed)
     vol = _realised_vol(closes[:, :, :h], last[:, None]).mean(1)
@@ -320,12 +319,13 @@ def walk_forward(run_dir: Path, data_path: Optional[Path] = None, columns: Optio
     gen = torch.Generator().manual_seed(seed)
     raw = sf.sample_closes(run.model, data, origins, horizon, samples, cal["temperature"], 1.0, gen)
     closes = _spread(raw, scale_for(cal, horizon))
+    bounds = quantiles(raw, cal, (0.05, 0.1, 0.9, 0.95))  # each interval widened by its own level's scale
     season = season_of(data, run.cfg.series.season)
     result: dict[str, Any] = {"horizons": {}}
     for h in horizons:
         overlap = max(1, math.ceil(h / stride))
         block = max(overlap, round(len(origins) ** (1 / 3)))
-        model, model_crps = _model_metrics(raw, cal, truth, values[origins], h, block, seed)
+        model, model_crps = _model_metrics(closes, bounds, truth, values[origins], h, block, seed)
         base, gv_crps = _baselines(values, origins, truth, h, data.s.lookback, season, block, seed)
         y, last = truth[:, h - 1], values[origins]
         tests = _tests(np.abs(np.median(closes[:, :, h - 1], axis=1) - y), np.abs(last - y), model_crps, gv_crps,
