@@ -153,6 +153,13 @@ def test_forecast_command_writes_csv_and_plot(runs, tmp_path):
     assert (folder / "forecast.png").stat().st_size > 5000
     with pytest.raises(TrainlabError, match="is not a timestamp"):
         forecast.forecast(fc, 5, at="1999-01-01", samples=4, log=lambda s: None)
+    window = forecast.load(fc)[2].tokenizer.s.window  # the decoder reads at most this many candles at once
+    cli("forecast", str(fc), "--horizon", str(window - 1), "--samples", "2")  # the longest there is
+    before = {p.name: p.stat().st_mtime_ns for p in (fc / "forecasts").rglob("*")}
+    too_far = cli("forecast", str(fc), "--horizon", str(window), "--samples", "2", check=False)
+    assert too_far.returncode == 2 and too_far.stderr.count("\n") == 1
+    assert f"at most {window - 1} steps ahead" in too_far.stderr and "Traceback" not in too_far.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (fc / "forecasts").rglob("*")} == before  # nothing written
 
 
 def test_walk_forward_eval_scores_model_and_baselines_on_the_test_period(runs):

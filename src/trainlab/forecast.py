@@ -75,6 +75,15 @@ def load(run_dir: Path, data_path: Optional[Path] = None, columns: Optional[dict
     return run, sf, data
 
 
+def check_horizon(data, steps: int, what: str = "--horizon") -> None:
+    """A path is decoded with the candle at its origin, through the tokenizer's decoder, which reads at most
+    series.window candles at once: so at most window - 1 steps ahead."""
+    window = data.tokenizer.s.window
+    if steps >= window:
+        raise TrainlabError(f"{what} {steps}: this forecaster's tokenizer decodes windows of {window} candles "
+                            f"(series.window), so it forecasts at most {window - 1} steps ahead")
+
+
 def parse_columns(text: Optional[str]) -> dict[str, str]:
     """`timestamp=Date,volume=VolumeFrom` -> {"timestamp": "Date", "volume": "VolumeFrom"}."""
     if not text:
@@ -144,6 +153,7 @@ def calibration(run: LoadedRun, sf, data=None, seed: int = 0, log=print) -> dict
         return json.loads(path.read_text(encoding="utf-8"))
     if data is None:
         data = load(run.run_dir)[2]
+    check_horizon(data, max(HORIZONS), "calibration over horizons up to")
     horizon, values = max(HORIZONS), data.candles.values[:, data.s.features.index("close")]
     origins = _validation_origins(data, CALIBRATION_ORIGINS)
     truth = values[origins[:, None] + np.arange(1, horizon + 1)]
@@ -306,6 +316,7 @@ def walk_forward(run_dir: Path, data_path: Optional[Path] = None, columns: Optio
                  seed: int = 0, horizons: tuple[int, ...] = HORIZONS, log=print) -> dict[str, Any]:
     """Score the forecaster and the naive baselines on the same origins; write forecast_eval.json."""
     run, sf, data = load(run_dir, data_path, columns)
+    check_horizon(data, max(horizons), "the evaluation at horizon")
     own = data_path is None
     cal = calibration(run, sf, data if own else None, seed=seed, log=log)
     horizon = max(horizons)
@@ -390,6 +401,7 @@ def forecast(run_dir: Path, horizon: int, data_path: Optional[Path] = None, colu
              top_p: float = 1.0, seed: int = 0, out: Optional[Path] = None, log=print) -> dict[str, Any]:
     """Sample `samples` paths after row `at` (default: the file's last); write forecast.csv and forecast.png."""
     run, sf, data = load(run_dir, data_path, columns)
+    check_horizon(data, horizon)
     row = _row_at(data, at)
     if row < data.s.lookback - 1:
         raise TrainlabError(f"--at '{data.candles.timestamps[row]}' has {row} rows before it; a forecast reads "
