@@ -19,8 +19,9 @@ logged (same metrics, values and steps; no new training).
       step 40 | val_loss 2.4000                                    (every evaluation; PLAIN_VAL)
 
 Each new case's label.json is its source case's label (labels come from the run's outcomes, which are
-the same), with case, writer, read and note updated and the split recomputed by the fixed rule
-(scripts/doctor_eval.py split_of). The runs come from scripts/doctor_corpus.py's cache
+the same), with case, writer, read and note updated, and the split of the source case: the fixed rule
+(scripts/doctor_eval.py split_of) applied to the source's name, so that the same run is never in both
+halves (fitting on one copy would be fitting on the other). The runs come from scripts/doctor_corpus.py's cache
 (~/.cache/trainlab/doctor-corpus/runs/<run_key>/); a case whose run is not cached is skipped.
 
     .venv/bin/pip install -r scripts/requirements-logs.txt
@@ -176,7 +177,7 @@ def make(src_name: str, spec: dict, prefix: str, force: bool) -> str | None:
         write_hf_console(state, tmp)
         shutil.rmtree(tmp / "out", ignore_errors=True)
     lab = json.loads(src_label.read_text())
-    lab.update(case=name, split=split_of(name), writer=writer, read=read, source_case=src_name,
+    lab.update(case=name, split=split_of(src_name), writer=writer, read=read, source_case=src_name,
                note=f"The run of case {src_name} (seed {SEEDS[0]}), written by {TOOL[writer]}, replayed from the "
                     f"same run's logged scalars; its label is {src_name}'s. " + lab["note"])
     (tmp / "label.json").write_text(json.dumps(lab, indent=1) + "\n")

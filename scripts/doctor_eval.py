@@ -26,7 +26,8 @@ CORPUS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "doctor" /
 
 def split_of(name: str) -> str:
     """The corpus's fixed split rule (scripts/doctor_corpus.py): the fit half when the first byte of the
-    case name's sha256 is even."""
+    case name's sha256 is even. A case that writes another case's run again in another format
+    (scripts/corpus_views.py) goes by that case's name, so that one run never sits in both halves."""
     return "fit" if hashlib.sha256(name.encode()).digest()[0] % 2 == 0 else "measure"
 
 
