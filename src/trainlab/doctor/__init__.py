@@ -13,6 +13,7 @@ from trainlab.doctor.detectors import Finding, rank, verdict
 from trainlab.doctor.readers import read
 from trainlab.doctor.series import RunSeries
 from trainlab.doctor.vocabulary import localize
+from trainlab.errors import TrainlabError
 from trainlab.files import atomic_write
 
 
@@ -98,7 +99,6 @@ def _task_findings(diag: Diagnosis, probe: bool, check_data: bool) -> None:
 def _data_findings(diag: Diagnosis) -> None:
     """Run the data check when the run's data is at hand (a bundled corpus or a path that still exists)."""
     from trainlab.data.check import check_config, findings_from_check
-    from trainlab.errors import TrainlabError
 
     cfg = diag.series.fact("config")
     if cfg is None:
@@ -128,12 +128,15 @@ def write_outputs(diag: Diagnosis, out: Path) -> tuple[Path, Path]:
     """diagnosis.json and report.html, each written to a temporary file and renamed into place."""
     from trainlab.doctor.report import render
 
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, text in (("diagnosis.json", json.dumps(diag.to_json(), indent=1)), ("report.html", render(diag))):
-        atomic_write(out / name, text)
-        paths.append(out / name)
-    return paths[0], paths[1]
+    texts = {"diagnosis.json": json.dumps(diag.to_json(), indent=1), "report.html": render(diag)}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in texts.items():
+            atomic_write(out / name, text)
+    except OSError as err:  # a file where the folder goes, a folder one may not write to, a full disk
+        raise TrainlabError(f"cannot write diagnosis.json and report.html to '{out}' ({err.strerror or err}); "
+                            f"give --out DIR") from None
+    return out / "diagnosis.json", out / "report.html"
 
 
 def summary(diag: Diagnosis) -> str:
