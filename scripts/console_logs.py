@@ -6,6 +6,8 @@
   overrides it prints;
 - Keras 3 (`model.fit(verbose=2)`, the torch backend, a LearningRateScheduler so the rate is printed): a
   causal-convolution character model, epoch lines;
+- Lightning's console (model summary and tqdm progress bars, `train_loss` and `val_loss` on the bar) for the
+  same Llama and windows as the loop below;
 - a plain PyTorch loop (a 2-layer transformers Llama on the same windows) printing one line per epoch under
   OneCycleLR as in seed 004's log (`epoch/`), and one printing `key=value` lines per step (`keyvalue/`).
 
@@ -14,7 +16,7 @@ a huge lr without clipping) where the tool can make them. Outputs go to
 tests/fixtures/doctor/foreign/console/<tool>/<case>/train.log.
 
     .venv/bin/pip install -r scripts/requirements-logs.txt
-    NANOGPT=/path/to/nanoGPT .venv/bin/python scripts/console_logs.py [nanogpt|keras|loop ...] [--case=NAME ...]
+    NANOGPT=/path/to/nanoGPT .venv/bin/python scripts/console_logs.py [nanogpt|keras|loop|lightning ...] [--case=NAME ...]
 """
 
 from __future__ import annotations
@@ -188,11 +190,70 @@ def loop_logs() -> None:
         save("keyvalue", case, "\n".join(kv) + "\n")
 
 
+LIGHTNING_CASES = {"healthy": 3e-3, "lr_too_high": 9e-2, "lr_too_low": 3e-5}
+
+
+def lightning_logs() -> None:
+    """Lightning's own console: its model summary and tqdm progress bars (carriage returns kept), with
+    `train_loss` and `val_loss` logged to the bar, stdout and stderr together as `2>&1 | tee` keeps them."""
+    import contextlib
+    import io
+
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from transformers import LlamaConfig, LlamaForCausalLM, get_scheduler
+
+    from foreign_logs import SEQ, Windows, windows
+
+    torch.set_num_threads(1)
+    train, val, vocab = windows()
+    epochs, per_epoch, batch = 15, 20, 16
+    for case, lr in LIGHTNING_CASES.items():
+        if CHOSEN and case not in CHOSEN:
+            continue
+
+        class LM(L.LightningModule):
+            def __init__(self):
+                super().__init__()
+                torch.manual_seed(0)
+                self.model = LlamaForCausalLM(LlamaConfig(
+                    vocab_size=vocab, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=SEQ,
+                    tie_word_embeddings=True))
+
+            def training_step(self, b, _):
+                loss = self.model(**b).loss
+                self.log("train_loss", loss, prog_bar=True)
+                return loss
+
+            def validation_step(self, b, _):
+                self.log("val_loss", self.model(**b).loss, prog_bar=True)
+
+            def configure_optimizers(self):
+                opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=0.1)
+                sched = get_scheduler("cosine", opt, num_warmup_steps=30, num_training_steps=epochs * per_epoch)
+                return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+        L.seed_everything(0)
+        printed = io.StringIO()
+        dl = torch.utils.data.DataLoader
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            # the tqdm bar (Lightning's default without `rich`; with it, a log file keeps only the last frame)
+            trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, log_every_n_steps=5,
+                                limit_train_batches=per_epoch, limit_val_batches=4, gradient_clip_val=1.0, enable_checkpointing=False,
+                                callbacks=[TQDMProgressBar()])
+            trainer.fit(LM(), dl(Windows(train, epochs * per_epoch * batch, 0), batch_size=batch),
+                        dl(Windows(val, 4 * batch, 1), batch_size=batch))
+        save("lightning", case, printed.getvalue())
+
+
 CHOSEN = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--case=")]  # default: every case
 
 
 def main() -> None:
-    tools = {"nanogpt": nanogpt, "keras": keras_logs, "loop": loop_logs}  # loop: epoch/ and keyvalue/
+    tools = {"nanogpt": nanogpt, "keras": keras_logs, "loop": loop_logs,  # loop: epoch/ and keyvalue/
+             "lightning": lightning_logs}
     names = [a for a in sys.argv[1:] if not a.startswith("--")] or list(tools)
     for name in dict.fromkeys("loop" if n in ("epoch", "keyvalue") else n for n in names):
         tools[name]()

@@ -186,6 +186,20 @@ def test_console_settings_are_taken_from_the_log_or_said_missing():
      {"train": [(10, 2.31), (20, math.inf)], "val": []}),
     ("step 2 | loss 4.2852 | lr 2.000e-03 | grad_norm 1.4156\nstep 20 | loss nan | lr 2.000e-02 | grad_norm nan\n"
      "step 20 | val_loss 3.2150\n", {"train": [(2, 4.2852), (20, math.nan)], "val": [(20, 3.215)]}),  # `| key value |`
+    # a tqdm bar (a custom loop's, or Lightning's): the batch counted on from the epochs before it; a value the
+    # bar repeats is not read again, except at the epoch's last batch, whose final update carries its evaluation
+    ("Epoch 0:  50%|#####     | 1/2 [00:00<00:00, 5.0it/s, train_loss=3.000]\r"
+     "Epoch 0: 100%|##########| 2/2 [00:00<00:00, 5.0it/s, train_loss=3.000]\r"
+     "Epoch 0: 100%|##########| 2/2 [00:01<00:00, 2.0it/s, train_loss=2.900, val_loss=3.100]\n"
+     "Epoch 1:  50%|#####     | 1/2 [00:00<00:00, 5.0it/s, train_loss=2.800, val_loss=3.100]\n",
+     {"train": [(1, 3.0), (2, 2.9), (3, 2.8)], "val": [(2, 3.1)]}),
+    ("  5%|5         | 50/1000 [00:10<03:10, 5.00it/s, loss=2.31]\n", {"train": [(50, 2.31)], "val": []}),
+    # fairseq's lines: the update count is the step; a `valid` line's unprefixed loss is the evaluation's
+    ("2024-01-01 10:00:01 | INFO | train_inner | epoch 001:    100 / 400 loss=9.812, ppl=898.1, num_updates=100, "
+     "lr=0.0005, gnorm=1.234\n2024-01-01 10:00:03 | INFO | valid | epoch 001 | valid on 'valid' subset | "
+     "loss 8.1 | ppl 274.4 | num_updates 400\n", {"train": [(100, 9.812)], "val": [(400, 8.1)]}),
+    ("Validation: step=20 loss=3.2\nstep=20 train_loss=3.1 eval_loss=3.3\n",
+     {"train": [(20, 3.1)], "val": [(20, 3.3)]}),
 ])
 def test_console_lines(tmp_path, text, rows):
     log = tmp_path / "train.log"
@@ -195,6 +209,22 @@ def test_console_lines(tmp_path, text, rows):
         steps, values = s.col("loss", split, finite=False)
         assert list(steps) == [e[0] for e in expected]
         assert np.allclose(values, [e[1] for e in expected], equal_nan=True)
+
+
+def test_lightning_console_progress_bars_are_read_by_batch():
+    """Lightning's own console (scripts/console_logs.py): model summary, warnings, and tqdm bars with carriage
+    returns, 15 epochs of 20 batches, evaluated after each epoch."""
+    for case in ("healthy", "lr_too_high", "lr_too_low"):
+        s = read(_path("console/lightning", case, "train.log"))
+        steps, _ = s.col("loss")
+        val_steps, _ = s.col("loss", "val")
+        assert s.fact("console_style") == "tqdm" and steps[0] == 1 and steps[-1] <= 300 and len(steps) > 200
+        assert list(val_steps) == list(range(20, 301, 20))
+        assert any("learning rate" in n for n in s.notes)  # Lightning prints no rate: said, not guessed
+    # a loss-only log: the lr x30 and x0.01 runs are missed (a smooth curve that ends higher; no stated rate),
+    # the healthy run gets nothing high
+    assert not [f for f in diagnose(_path("console/lightning", "healthy", "train.log"), check_data=False).findings
+                if f.severity == "high"]
 
 
 def test_unreadable_input_is_one_line_naming_the_formats(tmp_path):

@@ -8,8 +8,13 @@ Recognised lines (anything else is skipped):
 - the Hugging Face Trainer's printed dicts, `{'loss': 2.3, 'grad_norm': 0.9, 'learning_rate': 0.001,
   'epoch': 0.25}` (they carry epochs, not steps);
 - epoch lines such as `Epoch 3/30 | train loss: 0.41 | val loss: 0.44 | lr: 0.0002`;
-- plain `key=value` or `key: value` lines that carry a step (step, iter, iteration) or an epoch, and
-  lines of `|`-separated `key value` fields, `step 40 | loss 2.31 | lr 1.0e-02 | grad_norm 0.84`.
+- plain `key=value` or `key: value` lines that carry a step (step, iter, iteration, num_updates) or an
+  epoch, and lines of `|`-separated `key value` fields, `step 40 | loss 2.31 | lr 1.0e-02 | grad_norm 0.84`
+  (fairseq's `train_inner` and `valid` lines among them);
+- tqdm progress bars (a custom loop's, or Lightning's default), `Epoch 3:  40%|####  | 8/20 [00:05<00:07,
+  8.1it/s, train_loss=2.31, val_loss=2.40]`: the step is the batch, counted on from the epochs before it.
+A line that names an evaluation (`valid`, `validation`, `eval`, `evaluation`, `dev`) and whose metrics
+carry no split of their own holds evaluation metrics.
 A `key = value` line with neither a step nor an epoch is a setting (learning rate, warmup, clipping,
 weight decay, ...). Steps count optimizer steps where the log gives them; a log of epochs alone is read
 with one step per epoch (times the batches per epoch when Keras prints them), and says so.
@@ -32,11 +37,17 @@ NANO_EVAL = re.compile(rf"^step (\d+): train loss ({VALUE}), val loss ({VALUE})"
 # `name: value`, `name=value`, `'name': value`; a name may hold spaces ("Train Loss: 0.41")
 PAIR = re.compile(rf"(?<![\w/.\-])['\"]?([A-Za-z_][\w/.\-]*(?: [A-Za-z_][\w/.\-]*){{0,3}})['\"]?\s*[:=]\s*['\"]?"
                   rf"({VALUE})(?![\w.])", re.I)
-POSITION = re.compile(r"\b(epoch|step|iter|iteration|global_step|it)\b['\"]?\s*[:=]?\s*['\"]?(\d+(?:\.\d+)?)(?:\s*/\s*(\d+))?",
+POSITION = re.compile(r"\b(epoch|step|iter|iteration|global_step|num_updates|it)\b['\"]?\s*[:=]?\s*['\"]?(\d+(?:\.\d+)?)(?:\s*/\s*(\d+))?",
                       re.I)
 # one `|`-separated field of `name value`, as in `step 40 | loss 2.31 | lr 1.0e-02`
 FIELD = re.compile(rf"^\s*([A-Za-z_][\w/.\-]*)\s+({VALUE})\s*$", re.I)
 KERAS_BATCHES = re.compile(r"^\s*(\d+)/(\d+)\s")
+# a tqdm bar, `Epoch 3:  40%|####      | 40/100 [00:05<00:07, 8.1it/s, loss=2.31]`: batch n of total
+TQDM = re.compile(r"(\d+)/(\d+)\s*\[\d+:\d+(?::\d+)?<")
+# a word that makes a line's unprefixed metrics evaluation ones (`| valid | epoch 003 | loss 2.1`,
+# `Validation: loss=2.1`), unless a number follows it (then it names a value)
+EVAL_WORD = re.compile(r"(?<![\w/.\-])(valid|validation|eval|evaluation|dev)(?![\w/.\-])(?!['\"]?\s*[:=]?\s*[-+]?[\d.])",
+                       re.I)
 SETTING = re.compile(r"^\s*(?:Overriding:\s*)?([A-Za-z_][\w.]*)\s*[=:]\s*([^#,]+?)\s*(?:#.*)?$")
 
 
@@ -49,6 +60,7 @@ class Parsed:
         self.style: Optional[str] = None
         self.epoch: Optional[float] = None  # the epoch a Keras header opened
         self.batches: Optional[int] = None  # batches per epoch, from Keras' "50/50"
+        self.bar: dict = {}  # the metrics the last tqdm update showed (shown again until logged anew)
 
     def put(self, split: str, unit: str, at: float, key: str, value: float) -> None:
         self.rows.setdefault((split, unit, at), {})[key] = value
@@ -91,14 +103,30 @@ def _line(line: str, p: Parsed) -> None:
     fields = [m.groups() for f in line.split("|") if (m := FIELD.match(f))] if "|" in line else []
     pairs = PAIR.findall(line) + fields
     pairs = [(name, value) for name, value in pairs if not POSITION.fullmatch(f"{name.strip()} 0")]
-    metrics = [(classify(re.sub(r"\s+", "_", name.strip())), value) for name, value in pairs]
-    metrics = [(kind, value) for kind, value in metrics if kind]
+    named = [(classify(re.sub(r"\s+", "_", name.strip())), value, name.strip().lower()) for name, value in pairs]
+    named = [(kind, value, name) for kind, value, name in named if kind]
+    metrics = [(kind, value) for kind, value, _ in named]
     if (m := KERAS_BATCHES.match(line)) and metrics and p.epoch is not None:
         p.style, p.batches = "keras", int(m.group(2))
     if position and position.group(1).lower() == "epoch" and not metrics:
         p.epoch = float(position.group(2))  # a header: the metrics follow on the next lines
         return
     unit, at = _where(line, position, p)
+    if (bar := TQDM.search(line)) and metrics and (unit == "epoch" or at is None):
+        # a progress bar: the step is the batch, counted on from the epochs before it; its postfix shows the
+        # last logged values until they are logged again, so a value it repeats adds nothing, except at the
+        # epoch's last batch, whose final update carries that epoch's evaluation
+        n, total = int(bar.group(1)), int(bar.group(2))
+        unit, at = "step", (int(at) * total if at is not None else 0) + n
+        p.style = p.style or "tqdm"
+        shown, p.bar = p.bar, dict(metrics)
+        if n < total:
+            metrics = [(kind, value) for kind, value in metrics if shown.get(kind) != value]
+        if not metrics:
+            return
+    if metrics and not any(split == "val" or name.startswith("train") for (split, _), _, name in named) \
+            and EVAL_WORD.search(line):
+        metrics = [(("val", key), value) for (_, key), value in metrics]
     if not metrics or at is None:
         if not position and (m := SETTING.match(line)):
             p.settings[m.group(1)] = m.group(2)
