@@ -114,6 +114,14 @@ def test_doctor_on_foreign_logs_writes_beside_them(tmp_path):
     assert "lr_too_high" in text and (src / "doctor" / "report.html").exists()
     cli("doctor", str(src / "trainer_state.json"), "--out", str(tmp_path / "elsewhere"))
     assert (tmp_path / "elsewhere" / "diagnosis.json").exists()
+    # where the folder beside the logs cannot be made (here a file holds its name; or a read-only mount), the
+    # diagnosis still prints, and one line says the report was not written
+    shutil.rmtree(src / "doctor")
+    (src / "doctor").write_text("mine")
+    proc = cli("doctor", str(src / "trainer_state.json"), "--json")
+    assert json.loads(proc.stdout)["findings"][0]["id"] == "lr_too_high"
+    assert "report not written" in proc.stderr and "--out" in proc.stderr and "Traceback" not in proc.stderr
+    assert (src / "doctor").read_text() == "mine"
 
 
 def test_clip_every_step_is_explained_not_blamed():

@@ -299,12 +299,20 @@ def doctor(path: Path = typer.Argument(..., help="A run directory, trainer_state
         diag.notes.append(self_check_note(diag.estimate_check))
     elif self_check:
         diag.notes.append("estimate self-check not run: it needs a trainlab run (its config)")
-    _, report = write_outputs(diag, out_dir_for(diag.series, out))
+    try:
+        _, report = write_outputs(diag, out_dir_for(diag.series, out))
+    except TrainlabError as err:
+        if out is not None:  # the folder asked for: the user's mistake
+            raise
+        # the default folder beside someone's logs (read-only, or its name taken): the diagnosis still prints
+        report = None
+        print(f"note: report not written: {err}", file=sys.stderr)
     if as_json:
         print(json.dumps(diag.to_json(), indent=1))
     else:
         print(summary(diag))
-        print(f"report: {report}")
+        if report:
+            print(f"report: {report}")
 
 
 @app.command()
