@@ -19,6 +19,9 @@ confirmed id is healthy. Each case's label.json holds the figures.
 
 Split rule (fixed before any threshold was changed): a case belongs to the fit half when the first
 byte of sha256(case name) is even, else to the measure half. Rules are fitted on the fit half only.
+Once the measure half had been measured and reported, a second held-out set (`holdout_cases`, the
+`holdout` split) was made and labelled before any rule changed again; from then on both first halves
+are for fitting and the holdout set is the one measured.
 
     .venv/bin/pip install -r scripts/requirements-logs.txt
     nice -n 10 .venv/bin/python scripts/doctor_corpus.py [--only CASE ...] [--writer W] [--list] [--force]
@@ -123,6 +126,47 @@ def cases() -> list[tuple[str, dict, list]]:
             c("data-400", "reg", [], depth=3, data=400, steps=600)
             c("constant-600-steps", "reg", [("plateau", {"sched": "cosine", "lr_f": 3.0})], depth=3,
               sched="constant", steps=600)
+    return out + holdout_cases()
+
+
+def holdout_cases() -> list[tuple[str, dict, list]]:
+    """A second held-out set (names `tl2-...`, `pt2-...`: split_of puts them in `holdout`), made and labelled
+    after the measure half had been measured and before any rule was changed again: other multiples of the
+    lr, other run lengths, batches, schedules and depths than the first set's."""
+    out = []
+    warm = ("no_warmup_instability", {"warmup": 20})
+    for writer, w in (("trainlab", "tl2"), ("plain", "pt2")):
+        def c(name, model, probes, **spec):
+            out.append(_case(f"{w}-{model}-{name}", writer, model, probes, view="" if writer == "trainlab" else "tb",
+                             **spec))
+
+        c("lr-4x", "char", [("lr_too_high", {"lr_f": 0.25})], lr_x=4)
+        c("lr-2x", "char", [("lr_too_high", {"lr_f": 0.5})], lr_x=2)
+        c("lr-0.4x", "char", [("lr_too_low", {"lr_f": 2.5})], lr_x=0.4)
+        c("lr-6x-nowarm", "char", [("lr_too_high", {"lr_f": 1 / 6}), warm], lr_x=6, warmup=0, sched="constant")
+        c("lr-20x", "char", [("lr_too_high", {"lr_f": 0.1})], lr_x=20)
+        c("lr-1.5x-noclip-nowarm", "char", [LR_DOWN, warm], lr_x=1.5, warmup=0, clip=0.0)
+        c("lr-0.05x", "char", [("lr_too_low", {"lr_f": 10})], lr_x=0.05)
+        c("lr-0.15x", "char", [("lr_too_low", {"lr_f": 5})], lr_x=0.15)
+        c("lr-100x-noclip-nowarm", "char", [("lr_too_high", {"lr_f": 0.01})], lr_x=100, clip=0.0, warmup=0,
+          sched="constant")
+        c("80-steps", "char", [LONGER], steps=80, warmup=8)
+        c("wsd-lr-2x", "char", HEALTHY_PROBES, sched="wsd", lr_x=2)
+        c("onecycle-lr-3x", "char", [LR_DOWN], sched="onecycle", warmup=0, lr_x=3)
+        c("batch-4", "char", HEALTHY_PROBES, batch=4)
+        c("data-4k", "char", [], data=4_000, steps=400)
+        c("constant-400-steps", "char", [("plateau", {"sched": "cosine"})], sched="constant", steps=400)
+        c("cosine-wd-0", "char", HEALTHY_PROBES, wd=0.0)
+        if writer == "trainlab":
+            c("lr-10x", "bpe", [("lr_too_high", {"lr_f": 0.1})], lr_x=10)
+            c("lr-0.1x", "bpe", [("lr_too_low", {"lr_f": 10})], lr_x=0.1)
+            c("lr-10x", "mlm", [("lr_too_high", {"lr_f": 0.1})], lr_x=10)
+            c("wsd", "mlm", HEALTHY_PROBES, sched="wsd")
+        else:
+            c("lr-3x", "reg", [LR_DOWN], depth=3, lr_x=3)
+            c("lr-0.1x", "reg", [("lr_too_low", {"lr_f": 10})], depth=3, lr_x=0.1)
+            c("tanh-10-layers", "reg", [("vanishing_gradients", {"act": "relu"})], depth=10, act="tanh_small")
+            c("wsd", "reg", HEALTHY_PROBES, depth=3, sched="wsd")
     return out
 
 
