@@ -115,6 +115,22 @@ def test_loss_spikes(tmp_path):
     assert "4 training-loss spikes" in f.evidence and f.severity == "medium" and f.suggested_overrides["optim.lr"] == pytest.approx(1.5e-3)
 
 
+def test_frequent_spikes_are_high_only_when_the_validation_loss_paid_for_them(tmp_path):
+    """One training row in ten doubles its loss (a 10% spike rate): hard batches, which leave the weights as they
+    were, are medium; the same spikes with the validation loss jumping at the evaluation after one are high."""
+    run = _copy(tmp_path)
+    _edit_rows(run, lambda r, i: r.update(loss=r["loss"] * 2) if i % 10 == 5 and i > 20 else None)
+    f = _ids(run)["loss_spikes"]
+    assert f.severity == "medium" and "rose no more after them" in f.evidence
+    rows = read_rows(run / "metrics.jsonl")
+    for r in rows:  # the evaluation after the spike at step 112 (row 55) comes out 20% worse
+        if r["split"] == "val" and r["step"] == 125:
+            r["loss"] *= 1.2
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    f = _ids(run)["loss_spikes"]
+    assert f.severity == "high" and "at the evaluation after the spike at step 112" in f.evidence
+
+
 def test_grad_norm_rising(tmp_path):
     run = _copy(tmp_path)
     assert "grad_norm_rising" not in _ids(run)

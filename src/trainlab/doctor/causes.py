@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 from trainlab.charts import fmt
-from trainlab.doctor.detectors import HIGH_LR, _round_lr
+from trainlab.doctor.detectors import HIGH_LR, STALL, Curves, _improvement_after, _round_lr
 from trainlab.doctor.series import RunSeries
 from trainlab.findings import Finding
 
@@ -60,6 +60,11 @@ def explain(findings: list[Finding], series: RunSeries) -> list[Finding]:
 # what a far too high lr shows: the findings it explains, an early blow-up and a stall (not an undertrained
 # or overfitted run: in the corpus, 5x the range's top with warmup trained a 48-wide Llama fine)
 UNSTABLE = set(CAUSES["lr_too_high"]) | {"no_warmup_instability", "plateau"}
+# what shows noise, not harm: spikes and a scattered loss alone do not make a far lr the cause (in the corpus,
+# runs at 10x the range's top that spiked and still trained as well as at a quarter of the lr)
+NOISE = {"loss_spikes", "batch_too_small"}  # (spikes count as harm when the validation loss paid for them)
+# a peak lr beyond any recipe for Adam on small models (100x the range's top): with any trouble, high
+ABSURD_LR = 100 * HIGH_LR
 
 
 def _lr_far_above(findings: list[Finding], series: RunSeries) -> list[Finding]:
@@ -71,8 +76,12 @@ def _lr_far_above(findings: list[Finding], series: RunSeries) -> list[Finding]:
     trouble = [f for f in findings if f.id in UNSTABLE]
     if not trouble:
         return findings
+    # high with harm shown (a divergence, a stall, an early blow-up, spikes the validation loss paid for) or
+    # at a rate beyond any recipe; with spikes or scatter alone, the lr is the likely cause but not a shown
+    # one (in the corpus, runs at 10x the range's top spiked and trained as well as at a quarter of the lr)
+    harm = [f for f in trouble if f.id not in NOISE or (f.id == "loss_spikes" and f.severity == "high")]
     return [Finding(
-        "lr_too_high", "high",
+        "lr_too_high", "high" if harm or peak >= ABSURD_LR else "medium",
         f"peak lr {fmt(peak)} is {peak / HIGH_LR:.0f}x the top of the usual range for Adam on small transformers "
         f"(1e-4 to 1e-2); the run also shows " + ", ".join(f.id for f in trouble) + ".",
         "Start from the learning rate: divide it by 10 or more (or run `trainlab lr-find`), then look again at "
@@ -87,8 +96,11 @@ def _lr_before_warmup(findings: list[Finding], series: RunSeries) -> list[Findin
     if warm is None or peak is None or peak < FAR_ABOVE:
         return findings
     if not any(f.id == "lr_too_high" for f in findings):
+        # high when the blow-up lasted (the loss went non-finite, or stalled after the first tenth); a run that
+        # recovered and trained on is medium: the lr is still the likelier cause, the harm is not shown
+        lasting = _lasting_harm(series)
         findings.insert(findings.index(warm), Finding(
-            "lr_too_high", "high",
+            "lr_too_high", "high" if lasting else "medium",
             f"peak lr {fmt(peak)} is above the usual range for Adam on small transformers (1e-4 to 1e-2); "
             + warm.evidence,
             "The learning rate is the cause: at this rate the updates are too large for the weights' scale from "
@@ -98,6 +110,14 @@ def _lr_before_warmup(findings: list[Finding], series: RunSeries) -> list[Findin
     lr = next(f for f in findings if f.id == "lr_too_high")
     lr.explains.append(warm.id)
     return [f for f in findings if f is not warm]
+
+
+def _lasting_harm(series: RunSeries) -> bool:
+    """The loss went non-finite, or stalled after the first tenth of the run (the lr detector's stall)."""
+    c = Curves(series)
+    if c.nonfinite:
+        return True
+    return c.n >= 10 and _improvement_after(c, 0.1) < STALL
 
 
 def _peak_lr(series: RunSeries) -> Optional[float]:

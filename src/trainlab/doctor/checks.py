@@ -303,13 +303,44 @@ def loss_spikes(c: Curves) -> Optional[Finding]:
     if gs:
         ev.append(f"{len(gs)} gradient-norm spikes in {len(g)} logged steps ({len(gs) / ng:.1%}), first at step {gs[0][0]}")
     rate = len(ls) / max(n, 1)
+    # high takes a frequent spike that cost something: the validation loss rose at the evaluation after it.
+    # A hard batch spikes the training loss and leaves the weights as they were (a heavy-tailed regression
+    # target does this all the time); an overshooting update damages them, and held-out data shows it
+    hurt = _val_rose_after([s for s, _, _ in ls] + [s for s, _, _ in gs], c)
+    if hurt is not None:
+        ev.append(f"the validation loss rose from {fmt(hurt[1])} to {fmt(hurt[2])} at the evaluation after the spike "
+                  f"at step {hurt[0]}, more than between evaluations without one")
+    elif c.s.has("loss", "val"):
+        ev.append("the validation loss rose no more after them than between evaluations without one")
     over: dict[str, Any] = {"optim.lr": _round_lr(c.peak_lr / 2)} if c.peak_lr else {}
     if c.s.fact("grad_clip") == 0:
         over["optim.grad_clip"] = 1.0
-    return Finding("loss_spikes", "high" if rate >= 0.05 else "medium", "; ".join(ev) + ".",
+    return Finding("loss_spikes", "high" if rate >= 0.05 and hurt is not None else "medium", "; ".join(ev) + ".",
                    "Spikes are steps whose update overshot. Lower the lr (about a half) and keep gradient clipping "
                    "at 1.0, which bites only on such steps; a warmup keeps the first ones calm.", over,
                    {"spike_steps": [s for s, _, _ in ls]})
+
+
+def _val_rose_after(spikes: list[int], c: Curves) -> Optional[tuple[int, float, float]]:
+    """(spike step, validation loss before, after) for the spike after which the validation loss rose most,
+    when that rise is clearly above the run's own evaluation-to-evaluation noise: more than 1%, and more
+    than twice the largest rise between evaluations with no spike between them. None otherwise, or when
+    there is no validation loss."""
+    vsteps, v = c.s.col("loss", "val")
+    if len(v) < 2:
+        return None
+    spikes = np.asarray(sorted(spikes))
+    worst, calm = None, 0.0
+    for i in range(1, len(v)):
+        inside = spikes[(spikes > vsteps[i - 1]) & (spikes <= vsteps[i])]
+        rise = float(v[i] - v[i - 1])
+        if not len(inside):
+            calm = max(calm, rise)
+        elif worst is None or rise > worst[0]:
+            worst = (rise, int(inside[0]), float(v[i - 1]), float(v[i]))
+    if worst is None or worst[0] <= max(0.01 * worst[2], 2 * calm):
+        return None
+    return worst[1], worst[2], worst[3]
 
 
 NEW = [vanishing_gradients, schedule_mismatch, plateau, grad_norm_rising, loss_spikes, no_weight_decay]

@@ -23,6 +23,8 @@ HIGH_LR, LOW_LR = 1e-2, 1e-4
 # a stall alone blames the lr only this far above the range: tiny models (a 48-wide Llama or GPT, a 32-wide
 # masked LM) train well at 1e-2 to 3e-2 and a masked LM's loss sits near its unigram level for long at any lr
 STALL_LR = 5 * HIGH_LR
+# a stall: the smoothed training loss fell less than this share from a tenth of the run to its end
+STALL = 0.15
 
 
 def _improvement_after(c: "Curves", frac: float) -> float:
@@ -153,10 +155,10 @@ def lr_too_high(c: Curves) -> Optional[Finding]:
     stall = _improvement_after(c, 0.1)
     wsteps, wn = c.s.col("weight_norm")
     growth, ratio = _weight_growth(c), _update_ratio(c)
-    oversized = growth is not None and growth >= 4.0 and (stall < 0.15 or (ratio is not None and ratio >= 1e-2))
+    oversized = growth is not None and growth >= 4.0 and (stall < STALL or (ratio is not None and ratio >= 1e-2))
     # a stall at a rate outside the usual range: Adam-family optimisers train small transformers at peak
     # rates of about 1e-4 to 1e-2; far above that the loss drops to a plateau within warmup and stays
-    stalled = c.peak_lr is not None and c.peak_lr >= STALL_LR and stall < 0.15
+    stalled = c.peak_lr is not None and c.peak_lr >= STALL_LR and stall < STALL
     if not (rose_back or many_spikes or oversized or stalled or len(rollbacks) >= 2
             or (c.nonfinite and c.tsteps[0] > warm)):
         return None
