@@ -104,6 +104,13 @@ def test_why_it_does_not_run():
     diag = Diagnosis(healthy, [advice])
     diag.verify = out
     assert summary(diag).splitlines()[-1].startswith("verify: not run: the first finding (overfitting)")
+    # a speed finding ranked first is passed over for the first finding about training; with only speed
+    # findings there is nothing a validation loss could verify
+    speed = Finding("low_mfu", "medium", "fp32 on a bf16 CPU", "use bf16", {"train.precision": "bf16"})
+    lr = Finding("lr_too_low", "high", "tiny updates", "raise it", {"optim.lr": 1e-3})
+    assert verify.target(Diagnosis(healthy, [speed, lr])) is lr
+    out = verify.verify_diagnosis(Diagnosis(healthy, [speed]))
+    assert not out["ran"] and "speed or bookkeeping" in out["reason"]
     assert not (GOLDEN / "healthy" / "verify").exists()
 
 

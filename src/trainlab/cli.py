@@ -275,7 +275,7 @@ def doctor(path: Path = typer.Argument(..., help="A run directory, trainer_state
     """Diagnose a run: findings with evidence and config changes, and report.html."""
     import json
 
-    from trainlab.doctor import diagnose, out_dir_for, summary, write_outputs
+    from trainlab.doctor import diagnose, summary
 
     if (budget is not None or seeds is not None) and not verify:
         raise TrainlabError("--budget and --seeds go with --verify")
@@ -299,20 +299,27 @@ def doctor(path: Path = typer.Argument(..., help="A run directory, trainer_state
         diag.notes.append(self_check_note(diag.estimate_check))
     elif self_check:
         diag.notes.append("estimate self-check not run: it needs a trainlab run (its config)")
-    try:
-        _, report = write_outputs(diag, out_dir_for(diag.series, out))
-    except TrainlabError as err:
-        if out is not None:  # the folder asked for: the user's mistake
-            raise
-        # the default folder beside someone's logs (read-only, or its name taken): the diagnosis still prints
-        report = None
-        print(f"note: report not written: {err}", file=sys.stderr)
+    report = _write_report(diag, out)
     if as_json:
         print(json.dumps(diag.to_json(), indent=1))
     else:
         print(summary(diag))
         if report:
             print(f"report: {report}")
+
+
+def _write_report(diag, out: Optional[Path]) -> Optional[Path]:
+    """diagnosis.json and report.html; where the default folder beside someone's logs cannot be made (read-only,
+    or its name taken) the diagnosis still prints, with one line saying so. An --out that fails is an error."""
+    from trainlab.doctor import out_dir_for, write_outputs
+
+    try:
+        return write_outputs(diag, out_dir_for(diag.series, out))[1]
+    except TrainlabError as err:
+        if out is not None:
+            raise
+        print(f"note: report not written: {err}", file=sys.stderr)
+        return None
 
 
 @app.command()

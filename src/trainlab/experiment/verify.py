@@ -71,10 +71,22 @@ def why_not(diag) -> Optional[str]:
         return f"--verify needs the run's config.yaml, and {series.path} has none this version can read"
     if not diag.findings:
         return "the run has no findings, so there is no suggestion to verify"
-    first = diag.findings[0]
+    first = target(diag)
+    if first is None:
+        return ("the run's findings are about speed or bookkeeping, not about how it trained "
+                f"({', '.join(f.id for f in diag.findings)}): a validation loss cannot verify them")
     if not first.suggested_overrides:
         return f"the first finding ({first.id}) suggests no config overrides, so there is nothing to rerun"
     return None
+
+
+def target(diag):
+    """The finding a verify tests: the first one about how the run trained. A speed or bookkeeping finding
+    (low_mfu, input_bound, precision_mismatch, ...) can rank above it, but its change is not meant to move the
+    validation loss, which is what a verify compares."""
+    from trainlab.doctor.causes import NOT_TRAINING
+
+    return next((f for f in diag.findings if f.id not in NOT_TRAINING), None)
 
 
 def compare(baseline: Sequence[Optional[float]], fixed: Sequence[Optional[float]],
@@ -187,7 +199,7 @@ def _plan(diag, sweep: Sweep, request: tuple[str, float], out: Path, log: Callab
     """plan.json: what this verify compares and its budget in tokens, fixed by the first invocation, so that
     a resumed verify trains the remaining runs exactly as the finished ones were."""
     path = out / "plan.json"
-    want = {"finding": diag.findings[0].id, "overrides": sweep.variants["fixed"], "request": list(request)}
+    want = {"finding": target(diag).id, "overrides": sweep.variants["fixed"], "request": list(request)}
     if path.exists():
         plan = json.loads(path.read_text(encoding="utf-8"))
         if {k: plan.get(k) for k in want} != json.loads(json.dumps(want)):
@@ -211,7 +223,7 @@ def verify_diagnosis(diag, budget: tuple[str, float] = DEFAULT_BUDGET, seeds: in
     if seeds < 1:
         raise TrainlabError("--seeds must be at least 1")
     t0 = time.time()
-    first = diag.findings[0]
+    first = target(diag)
     out = diag.series.path / "verify"
     workers = workers or max(1, min(usable_cores(), 2 * seeds))
     sweep = _sweep(diag, out, first.suggested_overrides, budget, seeds, workers)
