@@ -11,7 +11,9 @@ Shakespeare corpus. Needs the tools it drives beside the dev environment:
     .venv/bin/pip install -r scripts/requirements-logs.txt
     .venv/bin/python scripts/foreign_logs.py
 
-Outputs go to tests/fixtures/doctor/foreign/{hf,lightning,tensorboard}/<case>/ (a few minutes on 2 cores).
+Outputs go to tests/fixtures/doctor/foreign/{hf,lightning,tensorboard}/<case>/ (a few minutes on 2 cores);
+`finetune` (hf/finetune/) is a healthy fine-tune of the healthy case's pretrained model at the Trainer's
+default lr.
 """
 
 from __future__ import annotations
@@ -132,13 +134,47 @@ def lightning_run(name: str, case: tuple, train, val, vocab: int, work: Path) ->
     shutil.copy(Path(logger.log_dir) / "metrics.csv", dest / "metrics.csv")
 
 
+def finetune_run(train, val, vocab: int, work: Path) -> None:
+    """A healthy fine-tune, as most Trainer runs are: the healthy case's pretraining, saved, then 100 steps at
+    the Trainer's default lr (5e-5) on other windows. Its loss starts far below ln(vocab) and falls little, as
+    a fine-tune's does; the model's config.json is kept beside trainer_state.json, as a checkpoint holds it."""
+    from transformers import LlamaForCausalLM, Trainer, TrainingArguments
+
+    common = dict(per_device_train_batch_size=BATCH, per_device_eval_batch_size=BATCH, weight_decay=0.1,
+                  logging_steps=5, eval_strategy="steps", eval_steps=25, save_strategy="no", report_to=[],
+                  seed=0, use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
+    base = work / "pretrained"
+    pre = Trainer(model=llama(vocab), args=TrainingArguments(output_dir=str(base), max_steps=STEPS, learning_rate=LR,
+                                                             warmup_steps=WARMUP, lr_scheduler_type="cosine",
+                                                             **common),
+                  train_dataset=Windows(train, STEPS * BATCH, 0), eval_dataset=Windows(val, 8 * BATCH, 1))
+    pre.train()
+    pre.save_model(str(base))
+    out = work / "finetune"
+    args = TrainingArguments(output_dir=str(out), max_steps=100, learning_rate=5e-5, warmup_steps=10,
+                             lr_scheduler_type="linear", **common)
+    tuned = Trainer(model=LlamaForCausalLM.from_pretrained(str(base)), args=args,
+                    train_dataset=Windows(train, 100 * BATCH, 7), eval_dataset=Windows(val, 8 * BATCH, 1))
+    tuned.train()
+    tuned.save_state()
+    tuned.save_model(str(out))
+    dest = OUT / "hf" / "finetune"
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("trainer_state.json", "config.json"):
+        shutil.copy(out / name, dest / name)
+    (dest / "training_args.json").write_text(args.to_json_string())
+
+
 def main() -> None:
     import sys
 
     torch.set_num_threads(2)
     train, val, vocab = windows()
     work = Path(tempfile.mkdtemp(prefix="trainlab-foreign-"))
-    for name in sys.argv[1:] or list(CASES):  # the cases to (re)make; default all
+    for name in sys.argv[1:] or [*CASES, "finetune"]:  # the cases to (re)make; default all
+        if name == "finetune":
+            finetune_run(train, val, vocab, work)
+            continue
         hf_run(name, CASES[name], train, val, vocab, work)
         lightning_run(name, CASES[name], train, val, vocab, work)
         print(f"{name}: done")

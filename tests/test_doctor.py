@@ -124,6 +124,22 @@ def test_doctor_on_foreign_logs_writes_beside_them(tmp_path):
     assert (src / "doctor").read_text() == "mine"
 
 
+def test_a_healthy_fine_tune_is_not_blamed_on_its_lr(tmp_path):
+    """The Trainer's default lr (5e-5) fine-tuning pretrained weights (scripts/foreign_logs.py finetune): the
+    loss starts far below ln(vocab) and barely moves. With the model's config.json beside the log the doctor
+    knows it is a fine-tune; without it, an unmoving loss at that lr is said at medium, with why it may not be."""
+    src = FIX / "foreign" / "hf" / "finetune"
+    diag = diagnose(src / "trainer_state.json")
+    assert diag.series.fact("vocab_size") == 80  # the characters of the bundled Shakespeare
+    assert not [f for f in diag.findings if f.severity == "high" or f.id in ("lr_too_low", "lr_too_high")]
+    bare = tmp_path / "finetune"
+    bare.mkdir()
+    shutil.copy(src / "trainer_state.json", bare / "trainer_state.json")
+    diag = diagnose(bare / "trainer_state.json")
+    assert [(f.id, f.severity) for f in diag.findings] == [("lr_too_low", "medium")]
+    assert "fine-tune of pretrained weights" in diag.findings[0].evidence and "0 to 0" not in diag.findings[0].evidence
+
+
 def test_clip_every_step_is_explained_not_blamed():
     """Seed 000's 'clipping is too strict': every step clipped is a low finding that says why."""
     diag = diagnose(FIX / "golden" / "lr_too_low", check_data=False)

@@ -141,7 +141,10 @@ def lr_too_high(c: Curves) -> Optional[Finding]:
     best_i = int(np.argmin(c.sm))
     rebound = c.final() - float(c.sm[best_i])
     drop = c.initial() - float(c.sm[best_i])
-    rose_back = drop > 0 and rebound > 0.25 * drop and c.tsteps[best_i] > warm
+    # a rebound counts when it is a quarter of the drop and beyond the smoothed loss's own noise (a fine-tune
+    # whose loss barely moves "climbs back" by noise alone: its drop is as small as the scatter)
+    noise = float(np.std(c.loss - c.sm)) / math.sqrt(c.window)
+    rose_back = drop > 0 and rebound > max(0.25 * drop, 3 * noise) and c.tsteps[best_i] > warm
     spikes = c.spikes(1.5, start=int(np.argmax(after)))
     rollbacks = [e for e in c.s.events if e.get("kind") in ("rollback", "spike_skip", "nonfinite_skip")
                  and e.get("step", 0) > warm]
@@ -259,6 +262,17 @@ def _update_ratio(c: Curves) -> Optional[float]:
     return float(np.median(keep))
 
 
+def from_pretrained(c: Curves) -> bool:
+    """The run starts from pretrained weights: a trainlab run with init_from, or a first training loss well
+    below a uniform guess over the vocabulary (ln V, where a config.json beside the log gives V), which is
+    where a model trained from scratch starts."""
+    cfg = c.s.fact("config")
+    if cfg is not None and getattr(cfg, "init_from", None):
+        return True
+    vocab = c.s.fact("vocab_size")
+    return bool(vocab and vocab > 1 and c.n and c.initial() < 0.6 * math.log(vocab))
+
+
 def lr_too_low(c: Curves) -> Optional[Finding]:
     """Updates tiny relative to the weights (or, without that metric, a peak lr below the usual range),
     and the loss has lost less than a third of its starting value."""
@@ -273,7 +287,8 @@ def lr_too_low(c: Curves) -> Optional[Finding]:
     # measurably better had median ratios up to 2.5e-3, runs it did not help 4.9e-3 and above; a peak lr
     # 2x below the range's floor (2e-4) still trained a char LM too slowly
     tiny_updates = ratio is not None and ratio < 3e-3
-    low_lr = c.peak_lr is not None and c.peak_lr <= 3 * LOW_LR
+    # the usual range is pretraining's: a fine-tune of pretrained weights runs at 1e-5 to 1e-4 by design
+    low_lr = c.peak_lr is not None and c.peak_lr <= 3 * LOW_LR and not from_pretrained(c)
     if not (tiny_updates or (ratio is None and low_lr and rel_drop < 0.35)):
         return None
     if rel_drop >= 0.35:  # a third of the starting loss gone: whatever the lr, it is learning
@@ -282,11 +297,19 @@ def lr_too_low(c: Curves) -> Optional[Finding]:
     if ratio is not None:
         ev.append(f"median update-to-weight ratio {fmt(ratio)} per step (healthy runs sit near 1e-3 to 1e-2)")
     tail = c.sm[int(0.8 * len(c.sm)):]
-    ev.append(f"training loss fell only {rel_drop:.0%} ({fmt(c.initial())} to {fmt(c.final())}) and was still "
-              f"falling at the end ({fmt(float(tail[0] - tail[-1]))} over the last fifth of the run)")
+    fell = (f"training loss fell only {rel_drop:.0%}" if rel_drop >= 0.005 else "training loss did not fall") \
+        + f" ({fmt(c.initial())} to {fmt(c.final())})"
+    ev.append(fell + (f" and was still falling at the end ({fmt(float(tail[0] - tail[-1]))} over the last fifth of "
+                      f"the run)" if tail[0] > tail[-1] and rel_drop >= 0.005 else ""))
     lr = c.peak_lr
     factor = 10.0 if ratio is None else float(min(100.0, max(3.0, 3e-3 / max(ratio, 1e-9))))
-    return Finding("lr_too_low", "high", (f"peak lr {fmt(lr)}; " if lr else "") + "; ".join(ev) + ".",
+    # from the lr alone, a loss that did not move at all is also what a fine-tune of pretrained weights looks
+    # like when nothing says whether the run started from them: likely, not shown
+    flat = ratio is None and drop <= 3 * float(np.std(c.loss - c.sm))
+    if flat:
+        ev.append("the loss barely moved from its first logged value, as a fine-tune of pretrained weights also "
+                  "does (where 1e-5 to 1e-4 is the usual range): nothing in the log says which this run is")
+    return Finding("lr_too_low", "medium" if flat else "high", (f"peak lr {fmt(lr)}; " if lr else "") + "; ".join(ev) + ".",
                    f"The learning rate is too low: each step moves the weights too little. Raise it about "
                    f"{factor:.0f}x, or run `trainlab lr-find` and take its suggestion.",
                    {"optim.lr": _round_lr(lr * factor)} if lr else {})
@@ -301,7 +324,7 @@ def undertrained(c: Curves) -> Optional[Finding]:
     # first evaluation, which may come after most of the fall
     start = max(float(c.loss[0]), float(c.vloss[0]))
     total_drop = start - float(c.vloss.min())
-    if recent_drop <= 0 or total_drop <= 0:
+    if recent_drop <= 1e-3 * abs(float(c.vloss[-1])) or total_drop <= 0:  # a last fall of 0.1% is no trend
         return None
     span = int(c.vsteps[-1] - c.vsteps[-2])
     # the last evaluation interval's share of the drop, per tenth of the run it covers
