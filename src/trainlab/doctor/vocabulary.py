@@ -64,12 +64,17 @@ def _hf_value(key: str, name: str, value: Any, args: dict, series: RunSeries) ->
 
 def _training_args(series: RunSeries) -> dict[str, Any]:
     """training_args.json beside trainer_state.json (a JSON dump of TrainingArguments), if saved."""
+    return json_beside(series, "training_args.json")
+
+
+def json_beside(series: RunSeries, name: str) -> dict[str, Any]:
+    """A JSON object saved beside the log (a checkpoint folder) or in the folder above it; {} if none."""
     folder = series.path if series.path.is_dir() else Path(series.path).parent
-    for path in (folder / "training_args.json", folder.parent / "training_args.json"):
+    for path in (folder / name, folder.parent / name):
         try:
-            args = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if isinstance(args, dict):
-            return args
+        if isinstance(data, dict):
+            return data
     return {}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from trainlab.doctor.readers.common import classify, csv_rows, finish, lr_facts, stated_facts, unmask_nonfinite
 from trainlab.doctor.series import RunSeries
-from trainlab.doctor.vocabulary import _training_args
+from trainlab.doctor.vocabulary import _training_args, json_beside
 from trainlab.errors import TrainlabError
 
 # --------------------------------------------------------------------------------------------
@@ -45,23 +45,10 @@ def read_hf_trainer_state(path: Path) -> RunSeries:
     lr_facts(series)
     series.facts.update(max_steps=state.get("max_steps"), batch_size=state.get("train_batch_size"))
     stated_facts(series, _training_args(series))  # a training_args.json saved beside it: weight decay, clipping
-    vocab = _model_config(series).get("vocab_size")  # the model's config.json: tells a fine-tune from scratch
+    vocab = json_beside(series, "config.json").get("vocab_size")  # the model's config.json: tells a fine-tune from scratch
     if isinstance(vocab, int) and vocab > 1:
         series.facts["vocab_size"] = vocab
     return series
-
-
-def _model_config(series: RunSeries) -> dict:
-    """The model's config.json beside trainer_state.json (a checkpoint folder) or in the folder above it."""
-    folder = Path(series.path).parent
-    for path in (folder / "config.json", folder.parent / "config.json"):
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(cfg, dict):
-            return cfg
-    return {}
 
 
 # --------------------------------------------------------------------------------------------
