@@ -141,7 +141,7 @@ CASES = {
                                 ["doctor", "{root}/m.csv"], "no 'step' column"),
     "doctor_json_not_trainer_state": ("doctor on JSON that is no trainer_state.json", {"s.json": '{"a": 1}'},
                                       ["doctor", "{root}/s.json"], "no log_history"),
-    "doctor_report_folder_is_a_file": ("doctor where its report folder's name is taken by a file",
+    "doctor_report_folder_is_a_file": ("doctor --out where a file takes the folder's name",
                                        {"logs/train.log": "".join(f"iter {i}: loss {4 - i / 50:.4f}\n" for i in range(60)),
                                         "logs/doctor": "mine"},
                                        ["doctor", "{root}/logs/train.log", "--out", "{root}/logs/doctor"],

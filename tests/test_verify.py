@@ -157,12 +157,13 @@ def small_lr_too_high_run(tmp_path: Path) -> Path:
 
 def test_verify_runs_both_arms_resumes_when_interrupted_and_prints_one_json(tmp_path, capsys):
     run = small_lr_too_high_run(tmp_path)
-    args = [sys.executable, "-m", "trainlab", "doctor", str(run), "--verify", "--budget", "steps=6", "--seeds", "2",
+    # runs long enough (200 steps) that the interrupt lands while some are unfinished, even on a loaded machine
+    args = [sys.executable, "-m", "trainlab", "doctor", str(run), "--verify", "--budget", "steps=200", "--seeds", "2",
             "--no-data-check", "--json"]
     runs = run / "verify" / "runs"
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     while not list(runs.glob("*/seed-*/result.json")) and proc.poll() is None:
-        time.sleep(0.1)
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal: the doctor and the runs it started
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()
@@ -180,10 +181,10 @@ def test_verify_runs_both_arms_resumes_when_interrupted_and_prints_one_json(tmp_
         assert path.read_bytes() == before
     v = doc["verify"]
     assert v["ran"] is True and v["finding"] == "lr_too_high" and v["overrides"] == {"optim.lr": 0.018}
-    assert v["budget"] == {"steps": 6} and v["seeds"] == 2 and v["seed_values"] == [1337, 1338]
+    assert v["budget"] == {"steps": 200} and v["seeds"] == 2 and v["seed_values"] == [1337, 1338]
     results = {(r["variant"], r["seed"]): r for r in
                (json.loads(p.read_text()) for p in runs.glob("*/seed-*/result.json"))}
-    assert {r["steps"] for r in results.values()} == {6} and len({r["tokens"] for r in results.values()}) == 1
+    assert {r["steps"] for r in results.values()} == {200} and len({r["tokens"] for r in results.values()}) == 1
     base = [results["baseline", k]["val_loss"] for k in range(2)]
     fixed = [results["fixed", k]["val_loss"] for k in range(2)]
     assert v["per_seed"] == {"baseline": base, "fixed": fixed}
