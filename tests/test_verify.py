@@ -155,6 +155,11 @@ def small_lr_too_high_run(tmp_path: Path) -> Path:
     return run
 
 
+def _shell_sigint() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_verify_runs_both_arms_resumes_when_interrupted_and_prints_one_json(tmp_path, capsys):
     run = small_lr_too_high_run(tmp_path)
     base = ["doctor", str(run), "--verify", "--budget", "steps=30", "--no-data-check", "--json"]
@@ -164,8 +169,10 @@ def test_verify_runs_both_arms_resumes_when_interrupted_and_prints_one_json(tmp_
     diagnosed = (run / "diagnosis.json").read_bytes()
     # then two seeds, with Ctrl-C (the doctor and the runs it started) as soon as a seed-1 run has started; runs
     # already under way may finish (how many depends on the machine's load), those not started are not begun
+    # the child starts with Ctrl-C as a shell leaves it (default, unblocked): in the whole suite, the test worker
+    # that starts it had been left with SIGINT blocked or ignored, which a child inherits, and Ctrl-C did nothing
     proc = subprocess.Popen([sys.executable, "-m", "trainlab", *base, "--seeds", "2"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_shell_sigint)
     while not list(runs.glob("*/seed-1")) and proc.poll() is None:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGINT)
