@@ -14,6 +14,15 @@ from trainlab.data.corpora import get_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist each worker shares the cores with the others: a worker (and the trainings it starts,
+# which inherit the variable) that also ran one torch thread per core would oversubscribe them, and OpenMP
+# threads waiting on each other made the suite several times slower than its tests' sum
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def corpus_cache(tmp_path_factory) -> Path:
