@@ -102,8 +102,9 @@ def test_mlflow_sqlite_nan_is_read_back():
     assert not (loss == 0).any()
 
 
-def test_mlflow_client_reads_what_the_store_holds(tmp_path):
-    """With mlflow installed: a store it writes reads the same through its client and directly."""
+def test_mlflow_client_reads_what_the_store_holds(tmp_path, monkeypatch):
+    """With mlflow installed: a store it writes reads the same through its client and directly, and reading
+    it writes nothing, neither in the store nor in the working directory."""
     mlflow = pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
@@ -112,7 +113,13 @@ def test_mlflow_client_reads_what_the_store_holds(tmp_path):
     for step, loss in enumerate([4.0, 3.5, math.nan, 3.0, math.inf, 2.5]):
         client.log_metric(run, "train/loss", loss, step=step)
     client.log_metric(run, "eval/loss", 3.1, step=5)
-    via_client, direct = read_mlflow(tmp_path / "mlflow.db"), read_mlflow(tmp_path / "mlflow.db", client=False)
+    store, cwd = tmp_path / "mlflow.db", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    before = (store.stat().st_mtime_ns, sorted(p.name for p in tmp_path.iterdir()))
+    via_client, direct = read_mlflow(store), read_mlflow(store, client=False)
+    assert (store.stat().st_mtime_ns, sorted(p.name for p in tmp_path.iterdir())) == before
+    assert not any(cwd.iterdir())
     for s in (via_client, direct):
         steps, loss = s.col("loss", finite=False)
         assert list(steps) == list(range(6)) and np.isnan(loss[2]) and loss[4] == math.inf and loss[5] == 2.5

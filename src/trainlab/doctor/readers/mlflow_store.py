@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from contextlib import closing
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -36,7 +37,7 @@ def read_mlflow(path: Path, client: bool = True) -> RunSeries:
             raise TrainlabError(f"'{path}' is not an MLflow SQLite store; known formats: {', '.join(FORMATS)}")
         runs = _sqlite_runs(path)
         run = runs[-1][0] if runs else None
-        got = (client and _via_client(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true", run)) or _sqlite_run(path, run)
+        got = (client and _via_client_sqlite(path, run)) or _sqlite_run(path, run)
     else:
         runs = _file_runs(path)
         if not runs:
@@ -73,6 +74,24 @@ def _via_client(uri: str, run_id: Optional[str]) -> Optional[tuple[Points, dict[
         return None
     finally:
         quiet.setLevel(level)
+
+
+def _via_client_sqlite(path: Path, run_id: Optional[str]) -> Optional[tuple[Points, dict[str, str]]]:
+    """The client on a snapshot of the database in a temporary folder: mlflow opens a SQLite store to write
+    (it migrates an older schema and makes the file's folder, relative to the working directory for a
+    `file:` URI), and the user's store is read, never written."""
+    if run_id is None or "mlflow" not in sys.modules and not _importable("mlflow"):
+        return None
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="trainlab-mlflow-") as tmp:
+        copy = Path(tmp) / "mlflow.db"
+        try:
+            with closing(_connect(path)) as src, closing(sqlite3.connect(copy)) as dst:
+                src.backup(dst)  # a consistent snapshot, with what a write-ahead log still holds
+        except sqlite3.Error:
+            return None
+        return _via_client(f"sqlite:///{copy}", run_id)
 
 
 def _importable(name: str) -> bool:
