@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from forkserver import run_trainlab
 from trainlab.data.corpora import get_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,8 +36,7 @@ def corpus_cache(tmp_path_factory) -> Path:
 
 def cli(*args: str, check: bool = True, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m trainlab ARGS` as a user would; returns the finished process."""
-    proc = subprocess.run([sys.executable, "-m", "trainlab", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    proc = run_trainlab(list(args), {**os.environ, **(env or {})}, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"trainlab {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

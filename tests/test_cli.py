@@ -112,3 +112,28 @@ def test_config_file_and_overrides_stack(tmp_path):
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["optim"]["lr"] == 0.002 and saved["train"]["batch_size"] == 2
     assert saved["optim"]["betas"] == [0.8, 0.99]
+
+
+def test_the_tests_fork_server_runs_the_cli_as_a_fresh_interpreter_does(tmp_path):
+    """The suite's `cli` forks from a warm interpreter (tests/forkserver.py): for a listing, a bad input and a
+    short training run, exit code, output and the run's files are what `python -m trainlab` gives."""
+    from forkserver import run_trainlab
+
+    def both(*args: str, run: str = "") -> list:
+        got = []
+        for spawn in ("0", "1"):
+            argv = [a.replace("{run}", str(tmp_path / f"{run}{spawn}")) for a in args]
+            proc = run_trainlab(argv, {**os.environ, "TRAINLAB_TEST_SPAWN": spawn}, 300)
+            text = (proc.stdout + proc.stderr).replace(str(tmp_path / f"{run}{spawn}"), "RUN")
+            got.append((proc.returncode, text))
+        return got
+
+    for args in (["config"], ["train", *TINY, "--set", "optim.lrr=0.1", "--run-dir", "{run}"]):
+        forked, spawned = both(*args, run="bad")
+        assert forked == spawned and forked[0] in (0, 2) and forked[1]
+    assert not (tmp_path / "bad0").exists() and not (tmp_path / "bad1").exists()
+    both("train", *TINY, "--set", "train.max_steps=6", "--set", "train.eval_interval=3", "--run-dir", "{run}", run="r")
+    rows = [[(r["step"], r.get("loss")) for r in read_rows(tmp_path / f"r{s}" / "metrics.jsonl") if "loss" in r]
+            for s in "01"]
+    assert rows[0] == rows[1] and len(rows[0]) >= 6
+    assert sorted(p.name for p in (tmp_path / "r0").iterdir()) == sorted(p.name for p in (tmp_path / "r1").iterdir())

@@ -31,6 +31,8 @@ from typing import Optional
 import pytest
 import yaml
 
+from forkserver import run_trainlab
+
 from conftest import read_rows
 
 TESTS = Path(__file__).resolve().parent
@@ -146,8 +148,7 @@ def check_registry_coverage() -> None:
 def trainlab(*args, expect: int = 0, fragment: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m trainlab ARGS`: exit `expect` (0, or 2 with exactly one line on stderr holding `fragment`),
     and no traceback in its output."""
-    proc = subprocess.run([sys.executable, "-m", "trainlab", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=os.environ.copy())
+    proc = run_trainlab(list(map(str, args)), os.environ.copy(), timeout)
     check_output(args, proc.returncode, proc.stdout, proc.stderr, expect, fragment)
     return proc
 
