@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from trainlab.charts import fmt
-from trainlab.doctor.detectors import DETECTORS, Curves, _improvement_after, _round_lr
+from trainlab.doctor.detectors import DETECTORS, SHORT_RUN, Curves, _improvement_after, _round_lr
 from trainlab.doctor.series import RunSeries
 from trainlab.findings import Finding
 
@@ -47,14 +47,17 @@ class Need:
     config: bool = False  # the run's own config (a trainlab run)
     any_fact: tuple[str, ...] = ()  # at least one of these facts or metrics
     why: str = ""  # the reason when none of any_fact is known (default: names them)
+    val_waived_below: int = 0  # runs shorter than this many steps need no validation losses
 
+    def missing(self, c: Curves) -> Optional[str]:
+        s = c.s
     def missing(self, c: Curves) -> Optional[str]:
         s = c.s
         if self.config and s.fact("config") is None:
             return "needs the run's config (a trainlab run directory)"
         if c.n < self.train:
             return f"needs {self.train} finite training losses, the run has {c.n}"
-        if self.val and len(c.vloss) < self.val:
+        if self.val and len(c.vloss) < self.val and not c.last < self.val_waived_below:
             return "no validation loss" if not len(c.vloss) else (
                 f"needs {self.val} validation losses, the run has {len(c.vloss)}")
         for key in self.metrics:
@@ -82,7 +85,7 @@ def requires(**need: Any) -> Callable:
 NEEDS = {
     "no_warmup_instability": Need(train=10, facts=("warmup_steps",)), "lr_too_high": Need(train=10),
     "diverged": Need(), "overfitting": Need(val=4), "lr_too_low": Need(train=10, any_fact=("peak_lr", "update_ratio")),
-    "capacity_too_small": Need(facts=("params",)), "undertrained": Need(val=3, train=1),
+    "capacity_too_small": Need(facts=("params",)), "undertrained": Need(val=3, train=1, val_waived_below=SHORT_RUN),
     "batch_too_small": Need(train=30), "schedule_decays_too_early": Need(metrics=("lr",)),
     "clip_too_strict": Need(facts=("grad_clip",), metrics=("grad_norm",)), "expert_imbalance": Need(metrics=("moe_max_load",)),
     "negative_loss_explained": Need(metrics=("loss_quant",), points=1), "input_bound": Need(metrics=("data_wait_frac",)),

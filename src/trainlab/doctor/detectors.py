@@ -203,7 +203,7 @@ def no_warmup_instability(c: Curves) -> Optional[Finding]:
     early = c.loss[:early_n]
     rise = float(early.max()) - float(c.loss[0])
     ev = [f"the lr starts at its peak ({fmt(c.peak_lr)}) with no warmup"]
-    signs = 0
+    signs, violent = 0, False
     if rise > 0.05 * c.initial():
         signs += 1
         ev.append(f"the training loss rose from {fmt(float(c.loss[0]))} to {fmt(float(early.max()))} within the "
@@ -214,12 +214,22 @@ def no_warmup_instability(c: Curves) -> Optional[Finding]:
             peak, later = float(np.max(v[:early_n])), float(np.median(v[early_n:]))
             if later > 0 and peak > 4 * later:
                 signs += 1
+                # first updates a tenth of the weights' size or more (ten times the top of the healthy 1e-3
+                # to 1e-2 per step) wipe out the initialisation whether or not the loss shows it later
+                violent = violent or (key == "update_ratio" and peak >= 0.1)
                 ev.append(f"the {what} reached {fmt(peak)} in the first {int(steps[early_n - 1])} steps, "
                           f"{peak / later:.0f}x its later median")
     if not signs:
         return None
     steps = c.s.fact("max_steps") or c.last
-    return Finding("no_warmup_instability", "high", "; ".join(ev) + f"; the run ended at loss {fmt(c.final())}.",
+    # high when the blow-up lasted (the loss went non-finite, or stalled after the first tenth of the run) or
+    # the first updates were violent; a run that recovered from milder ones shows the symptom, not the harm:
+    # in the corpus no run of a small pre-norm model did measurably better with a warmup, so it is medium
+    lasting = bool(c.nonfinite) or _improvement_after(c, 0.1) < STALL
+    if not (lasting or violent):
+        ev.append("the run recovered and trained on")
+    return Finding("no_warmup_instability", "high" if lasting or violent else "medium",
+                   "; ".join(ev) + f"; the run ended at loss {fmt(c.final())}.",
                    "Warm the learning rate up: Adam's first updates rest on poorly estimated second moments and "
                    "are far larger than later ones, which can throw the weights into a plateau the run then "
                    "crawls out of. A warmup of a few percent of the run (at least ~30 steps) avoids it.",
@@ -315,10 +325,61 @@ def lr_too_low(c: Curves) -> Optional[Finding]:
                    {"optim.lr": _round_lr(lr * factor)} if lr else {})
 
 
-def undertrained(c: Curves) -> Optional[Finding]:
-    """Validation loss still falling when the run stopped; few tokens per parameter."""
-    if len(c.vloss) < 3 or c.n == 0:
+# a run from scratch shorter than this many optimizer steps stopped while it was still starting: recipes for
+# small transformers run thousands (nanoGPT's character model 5000), warmups alone are often 100 or more, and
+# Adam's second-moment average (beta2 0.999) spans ~1000 steps
+SHORT_RUN = 100
+# readers whose step is the optimizer step; another writer's step may count epochs or logged points
+OPTIMIZER_STEPS = {"trainlab", "hf_trainer", "lightning"}
+
+
+def _tokens_per_param(c: Curves) -> Optional[float]:
+    params, tokens = c.s.fact("params"), c.s.fact("tokens_seen")
+    return tokens / params if params and tokens else None
+
+
+def _short_run(c: Curves) -> Optional[Finding]:
+    """A run from scratch stopped after fewer than SHORT_RUN optimizer steps while its loss was still falling.
+    Too few evaluations to see a trend in the validation loss is what such a run looks like, so this does
+    not ask for three. The steps count as optimizer steps when the reader says so, or when the training loss
+    was logged every few steps (a log with a point at every step from 0 may be counting epochs)."""
+    if c.n < 5 or c.last >= SHORT_RUN or c.nonfinite or from_pretrained(c):
         return None
+    interval = float(np.median(np.diff(c.tsteps)))
+    if c.s.source not in OPTIMIZER_STEPS and interval <= 1:
+        return None
+    first = float(c.loss[0])
+    fell = (first - c.final()) / first if first > 0 else 0.0
+    if len(c.vloss) >= 2:
+        still = float(c.vloss[-2] - c.vloss[-1]) > 1e-3 * abs(float(c.vloss[-1]))
+    else:
+        still = float(c.sm[(3 * len(c.sm)) // 4]) > c.final()
+    if fell < 0.05 or not still:
+        return None
+    tpp = _tokens_per_param(c)
+    ev = [f"the run stopped after {c.last} optimizer steps, with the training loss down from {fmt(first)} to "
+          f"{fmt(c.final())}"]
+    if len(c.vloss) >= 2:
+        ev.append(f"the validation loss was still falling at its last evaluation ({fmt(float(c.vloss[-2]))} at step "
+                  f"{int(c.vsteps[-2])} to {fmt(float(c.vloss[-1]))} at step {int(c.vsteps[-1])})")
+    if tpp is not None:
+        ev.append(f"the run saw {fmt(tpp, 2)} tokens per parameter (compute-optimal training is near 20)")
+    ev.append(f"training from scratch takes hundreds to thousands of steps; fewer than {SHORT_RUN} is still the start")
+    steps = c.s.fact("max_steps") or c.last
+    return Finding("undertrained", "high" if tpp is not None and tpp < 0.1 else "medium", "; ".join(ev) + ".",
+                   "The model stopped while it was still learning. Train longer: ten times the steps is a fair next "
+                   "run; keep the learning rate, and let the schedule (warmup, decay) stretch with the budget.",
+                   {"train.max_steps": int(max(steps, 1) * 10)})
+
+
+def undertrained(c: Curves) -> Optional[Finding]:
+    """Validation loss still falling when the run stopped; few tokens per parameter; or a run from scratch
+    stopped after fewer than SHORT_RUN steps."""
+    if c.n == 0:
+        return None
+    short = _short_run(c)
+    if short is not None or len(c.vloss) < 3:
+        return short
     recent_drop = float(c.vloss[-2] - c.vloss[-1])
     # the whole drop counts from the start of training (the first logged training loss), not from the
     # first evaluation, which may come after most of the fall
@@ -329,9 +390,7 @@ def undertrained(c: Curves) -> Optional[Finding]:
     span = int(c.vsteps[-1] - c.vsteps[-2])
     # the last evaluation interval's share of the drop, per tenth of the run it covers
     share = recent_drop / total_drop / max(span / max(c.last, 1) * 10, 1e-9)
-    tpp = None
-    if c.s.fact("params") and c.s.fact("tokens_seen"):
-        tpp = c.s.fact("tokens_seen") / c.s.fact("params")
+    tpp = _tokens_per_param(c)
     if share < 0.02 and (tpp is None or tpp >= 0.1):
         return None
     ev = [f"validation loss fell {fmt(recent_drop)} between steps {int(c.vsteps[-2])} and {int(c.vsteps[-1])} and was "
