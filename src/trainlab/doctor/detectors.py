@@ -167,9 +167,11 @@ def lr_too_high(c: Curves) -> Optional[Finding]:
         return None
     ev = []
     if stalled and not oversized:
+        moved = (f"improved only {stall:.0%}" if stall >= 0 else f"rose {-stall:.0%}") \
+            + f" ({fmt(float(c.sm[len(c.sm) // 10]))} to {fmt(c.final())})"
         ev.append(f"peak lr {fmt(c.peak_lr)} is above the usual range for Adam on small transformers (1e-4 to 1e-2), "
-                  f"and after the first tenth of the run the smoothed training loss improved only {stall:.0%} "
-                  f"({fmt(float(c.sm[len(c.sm) // 10]))} to {fmt(c.final())}): it dropped to a plateau and stayed")
+                  f"and after the first tenth of the run the smoothed training loss {moved}: "
+                  + ("it dropped to a plateau and stayed" if stall >= 0 else "it never settled"))
     if oversized:
         at = int(wsteps[int(np.argmax(wn >= 0.5 * (wn[0] + wn.max())))])
         ev.append(f"the weight norm grew {fmt(growth, 1)}x ({fmt(float(wn[0]), 1)} to {fmt(float(wn.max()), 1)}; half of "
@@ -655,9 +657,14 @@ def run_detectors(s: RunSeries) -> list[Finding]:
     return found
 
 
+# findings about speed: they say how fast the run went, never why its loss went where it did, so they come
+# after every finding about the training itself, whatever their severity (the first finding is the cause)
+SPEED = {"low_mfu", "input_bound", "precision_mismatch"}
+
+
 def rank(findings: list[Finding]) -> list[Finding]:
     order = {name: i for i, name in enumerate(PRIORITY)}
-    return sorted(findings, key=lambda f: (SEVERITY_RANK[f.severity], order.get(f.id, len(order))))
+    return sorted(findings, key=lambda f: (f.id in SPEED, SEVERITY_RANK[f.severity], order.get(f.id, len(order))))
 
 
 def verdict(findings: list[Finding]) -> str:
