@@ -130,6 +130,12 @@ def _weight_growth(c: Curves) -> Optional[float]:
     return float(wn.max() / wn[0]) if len(wn) >= 5 and wn[0] > 0 else None
 
 
+def _stalled_words(c: Curves, stall: float) -> str:
+    moved = (f"improved only {stall:.0%}" if stall >= 0 else f"rose {-stall:.0%}") \
+        + f" ({fmt(float(c.sm[len(c.sm) // 10]))} to {fmt(c.final())})"
+    return moved + (": it dropped to a plateau and stayed" if stall >= 0 else ": it never settled")
+
+
 def lr_too_high(c: Curves) -> Optional[Finding]:
     """After warmup the loss climbs back up, spikes repeatedly, or the guards must step in."""
     if c.n < 10:
@@ -167,11 +173,8 @@ def lr_too_high(c: Curves) -> Optional[Finding]:
         return None
     ev = []
     if stalled and not oversized:
-        moved = (f"improved only {stall:.0%}" if stall >= 0 else f"rose {-stall:.0%}") \
-            + f" ({fmt(float(c.sm[len(c.sm) // 10]))} to {fmt(c.final())})"
         ev.append(f"peak lr {fmt(c.peak_lr)} is above the usual range for Adam on small transformers (1e-4 to 1e-2), "
-                  f"and after the first tenth of the run the smoothed training loss {moved}: "
-                  + ("it dropped to a plateau and stayed" if stall >= 0 else "it never settled"))
+                  f"and after the first tenth of the run the smoothed training loss {_stalled_words(c, stall)}")
     if oversized:
         at = int(wsteps[int(np.argmax(wn >= 0.5 * (wn[0] + wn.max())))])
         ev.append(f"the weight norm grew {fmt(growth, 1)}x ({fmt(float(wn[0]), 1)} to {fmt(float(wn.max()), 1)}; half of "
