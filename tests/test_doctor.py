@@ -140,6 +140,21 @@ def test_a_healthy_fine_tune_is_not_blamed_on_its_lr(tmp_path):
     assert "fine-tune of pretrained weights" in diag.findings[0].evidence and "0 to 0" not in diag.findings[0].evidence
 
 
+def test_a_slow_fall_at_a_low_lr_is_high_only_when_the_log_shows_a_run_from_scratch(tmp_path):
+    """The Trainer's run at lr 3e-5 from scratch (scripts/foreign_logs.py lr_too_low): its loss fell 24% and
+    kept falling, which is also how a fine-tune at that lr can look. trainer_state.json alone cannot tell
+    which: lr_too_low at medium, saying what would tell. With the model's config.json beside it (a first loss
+    near ln V: from scratch) it is high."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(FIX / "foreign" / "hf" / "lr_too_low" / "trainer_state.json", run / "trainer_state.json")
+    first = diagnose(run / "trainer_state.json").findings[0]
+    assert (first.id, first.severity) == ("lr_too_low", "medium") and "config.json" in first.evidence
+    (run / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 80}))
+    first = diagnose(run / "trainer_state.json").findings[0]
+    assert (first.id, first.severity) == ("lr_too_low", "high") and "config.json" not in first.evidence
+
+
 def test_clip_every_step_is_explained_not_blamed():
     """Seed 000's 'clipping is too strict': every step clipped is a low finding that says why."""
     diag = diagnose(FIX / "golden" / "lr_too_low", check_data=False)

@@ -84,7 +84,7 @@ def test_a_run_that_diverged_keeps_a_result_and_is_not_trained_again(tmp_path, m
             return json.loads(done.read_text())
         return {"variant": name, "seed": k, "failed": True, "returncode": 1, "log": str(where / "train.log")}
 
-    monkeypatch.setattr(verify, "_run_one", trained)
+    monkeypatch.setattr(verify, "run_one", trained)
     first = verify._settle(None, "fixed", 1, where)
     assert first["diverged"] is True and first["val_loss"] is None
     assert verify._settle(None, "fixed", 1, where) == first  # read back from its result.json

@@ -321,10 +321,18 @@ def lr_too_low(c: Curves) -> Optional[Finding]:
     # from the lr alone, a loss that did not move at all is also what a fine-tune of pretrained weights looks
     # like when nothing says whether the run started from them: likely, not shown
     flat = ratio is None and drop <= 3 * float(np.std(c.loss - c.sm))
+    # and from the lr alone, with neither the update size nor the vocabulary known, a slow fall is also what a
+    # fine-tune looks like: the cause is likely, not shown, so medium (a Trainer log with the model's
+    # config.json beside it, or a trainlab run, tells pretraining from a fine-tune)
+    unsure = ratio is None and c.s.fact("vocab_size") is None and c.s.fact("config") is None
     if flat:
         ev.append("the loss barely moved from its first logged value, as a fine-tune of pretrained weights also "
                   "does (where 1e-5 to 1e-4 is the usual range): nothing in the log says which this run is")
-    return Finding("lr_too_low", "medium" if flat else "high", (f"peak lr {fmt(lr)}; " if lr else "") + "; ".join(ev) + ".",
+    elif unsure:
+        ev.append("nothing in the log says whether the run trains from scratch or fine-tunes pretrained weights, "
+                  "where 1e-5 to 1e-4 is the usual range (the model's config.json beside the log would tell)")
+    return Finding("lr_too_low", "medium" if flat or unsure else "high",
+                   (f"peak lr {fmt(lr)}; " if lr else "") + "; ".join(ev) + ".",
                    f"The learning rate is too low: each step moves the weights too little. Raise it about "
                    f"{factor:.0f}x, or run `trainlab lr-find` and take its suggestion.",
                    {"optim.lr": _round_lr(lr * factor)} if lr else {})

@@ -145,7 +145,9 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=," else "_" for c in name)
 
 
-def _run_one(sweep: Sweep, name: str, k: int, where: Path) -> dict[str, Any]:
+def run_one(sweep: Sweep, name: str, k: int, where: Path) -> dict[str, Any]:
+    """Run `k` of variant `name` in `where`, as a child `trainlab train` (resumed from its last checkpoint when
+    one exists); its result.json when the run finished before."""
     done = where / "result.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -199,7 +201,7 @@ def run_sweep(sweep: Sweep, out: Path, log: Callable[[str], None] = print,
 
     def job(item):
         name, k, where = item
-        res = _run_one(sweep, name, k, where)
+        res = run_one(sweep, name, k, where)
         status = "FAILED (see " + res["log"] + ")" if res.get("failed") else \
             f"val loss {res['val_loss']:.4f}, {res['tokens']:,} tokens, {res['elapsed_s']:.0f} s"
         log(f"  {name} seed {k}: {status}")

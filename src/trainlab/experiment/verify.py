@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from trainlab.errors import TrainlabError
-from trainlab.experiment.ablate import (Sweep, _run_one, aggregate, run_dirs, usable_cores, variant_config,
+from trainlab.experiment.ablate import (Sweep, aggregate, run_dirs, run_one, usable_cores, variant_config,
                                         write_results)
 from trainlab.files import atomic_write
 
@@ -136,7 +136,7 @@ def _diverged(run: Path) -> bool:
 def _settle(sweep: Sweep, name: str, k: int, where: Path) -> dict[str, Any]:
     """Train one run of the verify (or read its result.json). A diverged run gets a result.json of its own,
     so it is not trained again; any other failure stops the verify."""
-    res = _run_one(sweep, name, k, where)
+    res = run_one(sweep, name, k, where)
     if res.get("failed") and not res.get("diverged"):
         if _diverged(where / "run"):
             res = res | {"diverged": True, "val_loss": None}
