@@ -5,7 +5,7 @@ Each call is still its own process running the real entry point: `runpy` runs `t
 stdout and stderr to files, and a normal interpreter exit (atexit handlers, finalizers, the exit code; a
 signal shows as a negative code). What is shared is the interpreter that started it: a server per test
 worker imports torch, numpy and trainlab once, then forks a child per call. Importing torch costs 3-4
-CPU-seconds, and most of the suite's calls are tiny runs that take less than that, so this halves the
+CPU-seconds, and most of the suite's calls are tiny runs that take less than that, so this cuts a third of the
 suite's time on two cores.
 
 The server is single-threaded when it forks (nothing it imports starts a thread). Tests that send signals
