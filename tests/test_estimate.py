@@ -109,6 +109,33 @@ def test_probe_depths_and_cache_key():
     assert probe_key(cfg, "bf16", cpu) != key
 
 
+def test_probes_are_reused_for_a_day_and_keyed_by_the_cpus_features(tmp_path, monkeypatch):
+    """A cached probe is read back without running one; one older than a day, or made under other CPU
+    features (another host with the same model name), is taken again."""
+    import time
+
+    from trainlab import hardware
+    from trainlab.experiment import probe as probe_mod
+
+    cpu = torch.device("cpu")
+    cfg = resolve("tiny", overrides=["model.vocab_size=81", "model.n_layer=3"])
+    runs = []
+    monkeypatch.setattr(probe_mod, "_run_child", lambda c: runs.append(c) or
+                        {"step_s": 0.01, "eval_s": 0.1, "sample_s": 0.1, "rise_bytes": 1.0, "baseline_bytes": 2.0})
+    probe_mod.probe(cfg, "fp32", cpu, cache_dir=tmp_path)
+    probe_mod.probe(cfg, "fp32", cpu, cache_dir=tmp_path)
+    assert len(runs) == 1
+    path = tmp_path / "estimate_probes.json"
+    cached = json.loads(path.read_text())
+    (key, entry), = cached.items()
+    assert time.time() - entry["measured_at"] < 60
+    path.write_text(json.dumps({key: entry | {"measured_at": time.time() - 2 * 24 * 3600}}))
+    probe_mod.probe(cfg, "fp32", cpu, cache_dir=tmp_path)
+    assert len(runs) == 2
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert probe_mod.probe_key(cfg, "fp32", cpu) != key
+
+
 def test_evaluations_inside_the_clock_match_a_real_run(tmp_path):
     """estimated_seconds counts the evaluations a run makes in its elapsed_s: the val rows it logs."""
     from trainlab.experiment.estimate import evaluations

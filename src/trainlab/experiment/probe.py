@@ -9,7 +9,9 @@ sampling and memory are then linear in depth: at depth L, fixed + L x per layer.
 depth itself is taken when the depth cannot be varied or is 3 or less.
 
 Results are cached by everything that moves them (the config without its budgets, precision,
-compile, device name, threads, torch version), like the matmul peak.
+compile, device name, threads, torch version, and for a CPU its feature flags and core count), for a day:
+a machine is not a constant (a virtual machine moves to another host under the same CPU name, and a probe
+cached on a faster one made the demo's self-check 1.9x off where a fresh probe was 1.3x off).
 
     python -m trainlab.experiment.probe < spec.json    # the child: one depth, one JSON line out
 """
@@ -21,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -35,13 +38,17 @@ from trainlab.files import atomic_write, default_cache_dir
 _NOT_TIMING = {"schedule", "early_stopping", "checkpoint", "guard"}
 _NOT_TIMING_TRAIN = {"max_steps", "max_tokens", "max_seconds", "epochs", "seed", "log_interval", "eval_interval"}
 MEASURED = ("step_s", "eval_s", "sample_s", "rise_bytes", "baseline_bytes")
+PROBE_TTL_S = 24 * 3600  # a probe older than this is taken again
 
 
 def probe_key(cfg: RunConfig, precision: str, device: torch.device) -> str:
     tree = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_TIMING}
     tree["train"] = {k: v for k, v in tree.get("train", {}).items() if k not in _NOT_TIMING_TRAIN}
-    text = json.dumps([tree, precision, device.type, hardware.device_name(device), torch.get_num_threads(),
-                       torch.__version__], sort_keys=True, default=str)
+    machine = [device.type, hardware.device_name(device)]
+    if device.type == "cpu":
+        machine += [hashlib.sha256(" ".join(sorted(hardware.cpu_flags())).encode()).hexdigest()[:8], os.cpu_count()]
+    text = json.dumps([tree, precision, *machine, torch.get_num_threads(), torch.__version__], sort_keys=True,
+                      default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -81,10 +88,10 @@ def probe(cfg: RunConfig, precision: str, device: torch.device, cache_dir: Optio
     for depth in depths(cfg):
         probed = cfg.updated({"model": {"n_layer": depth}, "train": {"precision": precision}})
         key = probe_key(probed, precision, device)
-        if key not in cached:
+        if time.time() - cached.get(key, {}).get("measured_at", 0.0) > PROBE_TTL_S:
             log(f"probing {depth} layer{'s' if depth > 1 else ''} ({precision}"
-                f"{', compiled' if cfg.train.compile else ''}; cached afterwards)")
-            cached[key] = _run_child(probed)
+                f"{', compiled' if cfg.train.compile else ''}; cached for a day)")
+            cached[key] = _run_child(probed) | {"measured_at": time.time()}
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, json.dumps(cached, indent=1))
         points[depth] = cached[key]
