@@ -29,6 +29,14 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_fingerprint() -> str:
+    """What tells two CPUs apart beyond their model name (a virtual machine's is often generic, and hosts of
+    one name differ): a digest of the feature flags, and the core count."""
+    import hashlib
+
+    return f"{hashlib.sha256(' '.join(sorted(cpu_flags())).encode()).hexdigest()[:8]}x{os.cpu_count()}"
+
+
 def cpu_has_fast_bf16() -> bool:
     flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
@@ -172,8 +180,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def peak_flops(precision: str, device: torch.device, cache_dir: Optional[Path] = None) -> float:
     """The machine's matmul peak at this precision on this device, measured once and cached by the device's
-    name (the GPU's, the CPU's model, or `mps`), torch's threads and the precision."""
-    key = f"{device.type}|{device_name(device)}|{torch.get_num_threads()}|{precision}"
+    name (the GPU's, the CPU's model with its cpu_fingerprint, or `mps`), torch's threads and the precision."""
+    name = device_name(device) + (f"|{cpu_fingerprint()}" if device.type == "cpu" else "")
+    key = f"{device.type}|{name}|{torch.get_num_threads()}|{precision}"
     path = (cache_dir or default_cache_dir()) / "peak_flops.json"
     cached = json.loads(path.read_text()) if path.exists() else {}
     if key in cached:

@@ -46,7 +46,7 @@ def probe_key(cfg: RunConfig, precision: str, device: torch.device) -> str:
     tree["train"] = {k: v for k, v in tree.get("train", {}).items() if k not in _NOT_TIMING_TRAIN}
     machine = [device.type, hardware.device_name(device)]
     if device.type == "cpu":
-        machine += [hashlib.sha256(" ".join(sorted(hardware.cpu_flags())).encode()).hexdigest()[:8], os.cpu_count()]
+        machine.append(hardware.cpu_fingerprint())
     text = json.dumps([tree, precision, *machine, torch.get_num_threads(), torch.__version__], sort_keys=True,
                       default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
