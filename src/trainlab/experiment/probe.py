@@ -10,8 +10,8 @@ depth itself is taken when the depth cannot be varied or is 3 or less.
 
 Results are cached by everything that moves them (the config without its budgets, precision,
 compile, device name, threads, torch version, and for a CPU its feature flags and core count), for a day:
-a machine is not a constant (a virtual machine moves to another host under the same CPU name, and a probe
-cached on a faster one made the demo's self-check 1.9x off where a fresh probe was 1.3x off).
+a machine is not a constant (a virtual machine moves to another host under the same CPU name; a probe
+cached hours earlier, by another session, put the demo's self-check 1.9x off where a fresh one was 1.3x).
 
     python -m trainlab.experiment.probe < spec.json    # the child: one depth, one JSON line out
 """
