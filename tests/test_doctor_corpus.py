@@ -40,7 +40,7 @@ FIRST_RIGHT = {
     "tl-mlm-lr-0.1x", "wb-char-data-2.5k", "wb-char-data-8k", "wb-char-lr-0.01x",
     "wb-char-lr-10x-noclip-nowarm", "wb-char-lr-5000x-noclip-nowarm", "wb-char-lr-500x-noclip-nowarm",
     "wb-reg-data-400", "hf-char-40-steps", "mf-char-40-steps", "pc-char-40-steps", "pl-char-40-steps",
-    "pt-char-40-steps", "tl-char-40-steps", "wb-char-40-steps"}
+    "pt-char-40-steps", "tl-char-40-steps", "wb-char-40-steps", "hc-char-40-steps"}
 HEALTHY_CLEAN = {
     "hc-bpe-cosine", "hc-bpe-lr-0.3x", "hc-bpe-lr-3x", "hc-char-constant", "hc-char-cosine", "hc-char-data-8k",
     "hc-char-lr-0.3x", "hc-char-lr-10x", "hc-char-lr-3x-nowarm", "hc-char-onecycle", "hc-char-wsd",

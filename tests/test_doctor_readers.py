@@ -179,7 +179,11 @@ def test_console_settings_are_taken_from_the_log_or_said_missing():
     assert keras.has("lr") and any("epochs, not steps" in n for n in keras.notes)  # its scheduler prints the rate
     assert any("gradient clipping" in n for n in keras.notes)  # clipnorm is not printed
     hf = read(_path("console/hf_trainer", "healthy", "train.log"))
-    assert hf.fact("console_style") == "hf_trainer" and any("logging interval" in n for n in hf.notes)
+    assert hf.fact("console_style") == "hf_trainer" and any("summary's 199 optimizer steps" in n for n in hf.notes)
+    # its dicts carry fractional epochs: the summary's runtime x steps/s (1595 x 0.125) makes them steps, on
+    # the grid of its logging interval (5) and evaluations (25) as the Trainer ran them
+    assert list(hf.col("loss")[0][:3]) == [5, 10, 15] and hf.col("loss")[0][-1] == 200
+    assert list(hf.col("loss", "val")[0][:2]) == [25, 50]
     epoch = read(_path("console/epoch", "healthy", "train.log"))
     assert len(epoch.col("loss")[0]) == 30 and len(epoch.col("loss", "val")[0]) == 30 and epoch.has("lr")
     kv = read(_path("console/keyvalue", "healthy", "train.log"))

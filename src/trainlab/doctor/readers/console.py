@@ -22,6 +22,7 @@ with one step per epoch (times the batches per epoch when Keras prints them), an
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Optional
@@ -61,6 +62,7 @@ class Parsed:
         self.epoch: Optional[float] = None  # the epoch a Keras header opened
         self.batches: Optional[int] = None  # batches per epoch, from Keras' "50/50"
         self.bar: dict = {}  # the metrics the last tqdm update showed (shown again until logged anew)
+        self.total_steps: Optional[tuple[int, float]] = None  # (optimizer steps, at epoch), from the Trainer's summary
 
     def put(self, split: str, unit: str, at: float, key: str, value: float) -> None:
         self.rows.setdefault((split, unit, at), {})[key] = value
@@ -134,7 +136,13 @@ def _line(line: str, p: Parsed) -> None:
     if line.startswith("{") and unit == "epoch":
         p.style = p.style or "hf_trainer"
     if line.startswith("{") and any(n.strip() in ("train_runtime", "train_loss") for n, _ in pairs):
-        return  # the Trainer's end-of-training summary
+        # the Trainer's end-of-training summary: its runtime times its steps per second is the run's count of
+        # optimizer steps, which turns the fractional epochs of its other lines into steps
+        said = {n.strip(): number(v) for n, v in pairs}
+        runtime, rate = said.get("train_runtime"), said.get("train_steps_per_second")
+        if runtime and rate and unit == "epoch" and at and math.isfinite(runtime * rate):
+            p.total_steps = (max(1, round(runtime * rate)), float(at))
+        return
     for (split, key), value in metrics:
         p.put(split, unit, at, key, number(value))
 
@@ -163,6 +171,17 @@ def _positions(p: Parsed, series: RunSeries) -> dict[tuple[str, int], dict]:
         series.notes.append("the log gives epochs, not steps: "
                             + (f"a step here is one of the {scale} batches of an epoch" if p.batches
                                else "each step here is an epoch"))
+    elif p.total_steps:
+        # the summary's product is rounded (1595 s x 0.125 steps/s = 199 for 200 steps): each line is put on
+        # the grid of the first line's step, the logging interval, which the Trainer logs at multiples of
+        total, last = p.total_steps
+        interval = max(1, round(min(e for e in epochs if e > 0) / last * total)) if any(epochs) else 1
+        step_of = {e: max(1, round(e / last * total / interval)) * interval for e in epochs}
+        if len(set(step_of.values())) < len(epochs):  # too coarse to keep the lines apart: count intervals
+            step_of = {e: i + 1 for i, e in enumerate(epochs)}
+        series.notes.append(f"the log gives fractional epochs; steps are reckoned from the summary's "
+                            f"{total} optimizer steps (train_runtime x train_steps_per_second), every "
+                            f"{interval} a logging interval")
     else:
         step_of = {e: i + 1 for i, e in enumerate(epochs)}
         series.notes.append("the log gives fractional epochs, not steps: a step here is one logging interval")
