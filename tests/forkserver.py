@@ -10,7 +10,8 @@ suite's time on two cores.
 
 The server is single-threaded when it forks (nothing it imports starts a thread). Tests that send signals
 to a run, or start several at once, start `python -m trainlab` themselves. TRAINLAB_TEST_SPAWN=1 makes every
-call here a fresh interpreter too (tests/test_cli.py checks that both give the same output).
+call here a fresh interpreter too (tests/test_cli.py checks that both give the same output), and so does any
+system but Linux.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def run_trainlab(args: list[str], env: dict[str, str], timeout: float) -> subpro
     """`python -m trainlab ARGS` with this environment: forked from the warm server, or (TRAINLAB_TEST_SPAWN=1,
     or a server that died) a fresh interpreter."""
     global _SERVER
-    if os.environ.get("TRAINLAB_TEST_SPAWN") != "1":
+    # Linux only: on macOS a process that has loaded system frameworks must not go on after fork() without exec
+    if os.environ.get("TRAINLAB_TEST_SPAWN") != "1" and sys.platform.startswith("linux"):
         if _SERVER is None or _SERVER.proc.poll() is not None:
             _SERVER = ForkServer()
         return _SERVER.run(args, env, timeout)
