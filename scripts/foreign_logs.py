@@ -94,18 +94,16 @@ def hf_run(name: str, case: tuple, train, val, vocab: int, work: Path) -> None:
     shutil.copytree(out / "tb", tb)
 
 
-def lightning_run(name: str, case: tuple, train, val, vocab: int, work: Path) -> None:
+def lightning_lm(make_model, lr: float, warmup: int, schedule: str, steps: int, weight_decay: float):
+    """A LightningModule around a transformers causal LM: AdamW, one of the Trainer's schedulers stepped per
+    optimizer step, `train_loss` and `val_loss` logged."""
     import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor
-    from lightning.pytorch.loggers import CSVLogger
     from transformers import get_scheduler
-
-    lr, warmup, schedule, clip = case
 
     class LM(L.LightningModule):
         def __init__(self):
             super().__init__()
-            self.model = llama(vocab)
+            self.model = make_model()
 
         def training_step(self, batch, _):
             loss = self.model(**batch).loss
@@ -116,9 +114,19 @@ def lightning_run(name: str, case: tuple, train, val, vocab: int, work: Path) ->
             self.log("val_loss", self.model(**batch).loss)
 
         def configure_optimizers(self):
-            opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=0.1)
-            sched = get_scheduler(schedule, opt, num_warmup_steps=warmup, num_training_steps=STEPS)
+            opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
+            sched = get_scheduler(schedule, opt, num_warmup_steps=warmup, num_training_steps=steps)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    return LM()
+
+
+def lightning_run(name: str, case: tuple, train, val, vocab: int, work: Path) -> None:
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import CSVLogger
+
+    lr, warmup, schedule, clip = case
 
     L.seed_everything(0)
     logger = CSVLogger(str(work / "lightning"), name=name)
@@ -127,7 +135,8 @@ def lightning_run(name: str, case: tuple, train, val, vocab: int, work: Path) ->
                         gradient_clip_val=clip or None, callbacks=[LearningRateMonitor("step")], enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     dl = torch.utils.data.DataLoader
-    trainer.fit(LM(), dl(Windows(train, STEPS * BATCH, 0), batch_size=BATCH),
+    trainer.fit(lightning_lm(lambda: llama(vocab), lr, warmup, schedule, STEPS, 0.1),
+                dl(Windows(train, STEPS * BATCH, 0), batch_size=BATCH),
                 dl(Windows(val, 8 * BATCH, 1), batch_size=BATCH))
     dest = OUT / "lightning" / name
     dest.mkdir(parents=True, exist_ok=True)

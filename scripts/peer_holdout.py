@@ -102,27 +102,10 @@ def lightning_run(name: str, case: tuple, train, val, work: Path) -> float:
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger
-    from transformers import get_scheduler
+
+    from foreign_logs import lightning_lm  # this folder: the script's own
 
     lr, warmup, schedule, clip, steps, pool = case[:6]
-
-    class LM(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.model = gpt2()
-
-        def training_step(self, batch, _):
-            loss = self.model(**batch).loss
-            self.log("train_loss", loss)
-            return loss
-
-        def validation_step(self, batch, _):
-            self.log("val_loss", self.model(**batch).loss)
-
-        def configure_optimizers(self):
-            opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=0.01)
-            sched = get_scheduler(schedule, opt, num_warmup_steps=warmup, num_training_steps=steps)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     L.seed_everything(0)
     logger = CSVLogger(str(work / "lightning"), name=name)
@@ -131,7 +114,8 @@ def lightning_run(name: str, case: tuple, train, val, work: Path) -> float:
                         limit_val_batches=8, gradient_clip_val=clip or None, callbacks=[LearningRateMonitor("step")],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     dl = torch.utils.data.DataLoader
-    trainer.fit(LM(), dl(Windows(train, steps * BATCH, 0, pool), batch_size=BATCH),
+    trainer.fit(lightning_lm(gpt2, lr, warmup, schedule, steps, 0.01),
+                dl(Windows(train, steps * BATCH, 0, pool), batch_size=BATCH),
                 dl(Windows(val, 8 * BATCH, 1), batch_size=BATCH))
     dest = OUT / "lightning" / name
     dest.mkdir(parents=True, exist_ok=True)
