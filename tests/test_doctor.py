@@ -8,6 +8,7 @@ runs, made by scripts/foreign_logs.py).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -153,6 +154,34 @@ def test_a_slow_fall_at_a_low_lr_is_high_only_when_the_log_shows_a_run_from_scra
     (run / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 80}))
     first = diagnose(run / "trainer_state.json").findings[0]
     assert (first.id, first.severity) == ("lr_too_low", "high") and "config.json" not in first.evidence
+
+
+def test_a_finite_loss_that_ends_worse_than_a_uniform_guess_diverged(tmp_path):
+    """A run whose loss blew up at lr 100x without warmup and stayed far above ln V, every logged loss finite
+    (corpus case tl2-char-lr-100x-noclip-nowarm, a trainlab run): it diverged, which the far too high lr explains.
+    The same losses in a Trainer's trainer_state.json count only with a language model's config.json beside it:
+    a classifier's or a regression's loss is not a cross-entropy over the vocabulary."""
+    from trainlab.doctor.detectors import Curves, chance_loss, diverged
+
+    case = FIX / "corpus" / "tl2-char-lr-100x-noclip-nowarm"
+    series = read(case)
+    assert chance_loss(series) == pytest.approx(math.log(81))
+    assert all(math.isfinite(r["loss"]) for r in series.train)  # nothing non-finite to go on
+    found = diverged(Curves(series))
+    assert found is not None and "worse than chance" in found.evidence and "81-token" in found.evidence
+    first = diagnose(case, check_data=False).findings[0]
+    assert first.id == "lr_too_high" and "diverged" in first.explains
+
+    run = tmp_path / "hf"
+    run.mkdir()
+    history = [{"step": r["step"], "loss": r["loss"], "learning_rate": r["lr"]} for r in series.train]
+    (run / "trainer_state.json").write_text(json.dumps({"log_history": history, "global_step": history[-1]["step"]}))
+    for arch, fires in (("LlamaForCausalLM", True), ("LlamaForSequenceClassification", False)):
+        (run / "config.json").write_text(json.dumps({"architectures": [arch], "vocab_size": 81}))
+        foreign = read(run / "trainer_state.json")
+        assert (chance_loss(foreign) is not None) == fires, arch
+        found = diverged(Curves(foreign))
+        assert (found is not None and "worse than chance" in found.evidence) == fires, arch
 
 
 def test_clip_every_step_is_explained_not_blamed():

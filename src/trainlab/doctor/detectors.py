@@ -96,7 +96,12 @@ def diverged(c: Curves) -> Optional[Finding]:
                        "gradient clipping at 1.0; `trainlab lr-find` measures where the loss blows up.",
                        {"optim.lr": _round_lr(c.peak_lr / 10)} if c.peak_lr else {}) if c.nonfinite else None
     ended_above = c.n >= 10 and c.final() > c.initial() * 0.98 and float(c.sm.min()) < c.initial() * 0.9
-    if not (c.nonfinite or gave_up or ended_above or len(rollbacks) >= 3):
+    chance, tail = chance_loss(s), float(np.median(c.loss[-max(1, c.n // 10):])) if c.n else math.nan
+    # worse than a uniform guess at the end, after a blow-up (or after having learnt): fell apart, even though every
+    # logged loss is finite (a run that never left ln V did not diverge; it never started)
+    worse_than_chance = (chance is not None and c.n >= 10 and tail >= chance
+                         and (float(c.loss.max()) >= 1.5 * chance or float(c.sm.min()) < 0.9 * chance))
+    if not (c.nonfinite or gave_up or ended_above or worse_than_chance or len(rollbacks) >= 3):
         return None
     parts = []
     if c.nonfinite:
@@ -110,12 +115,30 @@ def diverged(c: Curves) -> Optional[Finding]:
         parts.append(f"the guards gave up at step {gave_up[-1]['step']}")
     parts.append(f"training loss went from {fmt(c.initial())} at the start to a low of {fmt(float(c.sm.min()))} "
                  f"and ended at {fmt(c.final())}")
+    if worse_than_chance:
+        parts.append(f"the last tenth's median, {fmt(tail)}, is above {fmt(chance)}, the loss of a uniform guess over "
+                     f"the {s.fact('vocab_size'):,}-token vocabulary (ln V): the model ended worse than chance")
     lr = c.peak_lr
     return Finding("diverged", "high", "; ".join(parts) + ".",
                    "Training fell apart rather than converged. Lower the learning rate (a third to a tenth), keep "
                    "a warmup, and keep gradient clipping at 1.0; `trainlab lr-find` measures where the loss "
                    "starts to blow up.",
                    {"optim.lr": _round_lr(lr / 10)} if lr else {})
+
+
+# trainlab's tasks whose training loss is one cross-entropy over the model's vocabulary
+TOKEN_LOSS_TASKS = ("causal_lm", "sft", "masked_lm")
+
+
+def chance_loss(s: RunSeries) -> Optional[float]:
+    """ln V, the loss of a uniform guess over the vocabulary, where the run's loss is a cross-entropy over it and
+    V is known: a trainlab language-model task, or another tool's log with the model's config.json beside it."""
+    vocab, cfg = s.fact("vocab_size"), s.fact("config")
+    if not vocab or vocab < 2:
+        return None
+    if (cfg.task not in TOKEN_LOSS_TASKS) if cfg is not None else not s.fact("token_loss"):
+        return None
+    return math.log(vocab)
 
 
 def _weight_growth(c: Curves) -> Optional[float]:

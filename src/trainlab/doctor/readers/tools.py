@@ -11,6 +11,10 @@ from trainlab.doctor.series import RunSeries
 from trainlab.doctor.vocabulary import _training_args, json_beside
 from trainlab.errors import TrainlabError
 
+# transformers' classes whose loss is a cross-entropy over the vocabulary (GPT2LMHeadModel, LlamaForCausalLM,
+# BertForMaskedLM, T5ForConditionalGeneration, ...; not BertForPreTraining, whose loss adds a second task's)
+LM_HEADS = ("LMHeadModel", "ForCausalLM", "ForMaskedLM", "ForConditionalGeneration")
+
 # --------------------------------------------------------------------------------------------
 # Hugging Face Trainer
 
@@ -45,9 +49,12 @@ def read_hf_trainer_state(path: Path) -> RunSeries:
     lr_facts(series)
     series.facts.update(max_steps=state.get("max_steps"), batch_size=state.get("train_batch_size"))
     stated_facts(series, _training_args(series))  # a training_args.json saved beside it: weight decay, clipping
-    vocab = json_beside(series, "config.json").get("vocab_size")  # the model's config.json: tells a fine-tune from scratch
+    model = json_beside(series, "config.json")  # the model's config.json: tells a fine-tune from scratch
+    vocab = model.get("vocab_size")
     if isinstance(vocab, int) and vocab > 1:
         series.facts["vocab_size"] = vocab
+        # a language-model head: its loss is a cross-entropy over the vocabulary (not a classifier's or a regression's)
+        series.facts["token_loss"] = any(isinstance(a, str) and a.endswith(LM_HEADS) for a in model.get("architectures") or [])
     return series
 
 
