@@ -29,6 +29,9 @@ FOREIGN = {"hf": "trainer_state.json", "lightning": "metrics.csv", "tensorboard"
     ("train/loss", ("train", "loss")), ("train_loss_step", ("train", "loss")), ("train_loss_epoch", None),
     ("loss", ("train", "loss")), ("lr-AdamW", ("train", "lr")), ("train/learning_rate", ("train", "lr")),
     ("grad_norm", ("train", "grad_norm")), ("val_acc", ("val", "acc")), ("epoch", None), ("train/epoch", None),
+    ("Loss/train", ("train", "loss")), ("Loss/test", ("val", "loss")), ("training loss", ("train", "loss")),
+    ("Accuracy/validation", ("val", "acc")), ("val_loss_step", None), ("val_loss_epoch", ("val", "loss")),
+    ("grad_2.0_norm_total", ("train", "grad_norm")), ("grad_2.0_norm/layer.weight", None), ("lr/group_0", ("train", "lr")),
 ])
 def test_metric_names_map_to_ours(name, expected):
     assert classify(name) == expected

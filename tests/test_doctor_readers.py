@@ -298,3 +298,51 @@ def test_a_wandb_chart_export_reads_its_run_columns(tmp_path):
     steps, loss = s.col("loss", finite=False)
     assert list(steps) == [5, 10, 15] and loss[:2].tolist() == [4.3, 3.9] and math.isnan(loss[2])
     assert s.col("loss", "val")[1].tolist() == [3.95]
+
+
+def test_the_names_other_loops_give_the_same_curves_read_the_same(tmp_path):
+    """A plain PyTorch loop's real TensorBoard run (corpus case pt-char-cosine) written again under the names
+    PyTorch's TensorBoard tutorial uses (the split last: 'Loss/train'; SummaryWriter.add_scalars, which puts
+    each split in a folder of its own under one tag), and as Lightning's CSVLogger writes metrics logged with
+    on_step and on_epoch (train_loss_step beside train_loss_epoch, val_loss_step beside val_loss_epoch, and
+    grad_norm(module, 2)'s grad_2.0_norm_total): the same curves, the same diagnosis."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    base = read(REPO / "tests" / "fixtures" / "doctor" / "corpus" / "pt-char-cosine" / "tb")
+    assert {"loss", "lr", "grad_norm"} <= set(base.train[0]) and base.val
+    want = {k: base.col(*k) for k in [("loss",), ("loss", "val"), ("lr",), ("grad_norm",)]}
+    expect = [(f.id, f.severity) for f in diagnose(base.path).findings]
+
+    tutorial, scalars = tmp_path / "tutorial", tmp_path / "scalars"
+    for folder, grouped in ((tutorial, False), (scalars, True)):
+        w = SummaryWriter(str(folder))
+        for r in base.train:
+            if grouped:
+                w.add_scalars("Loss", {"train": r["loss"]}, r["step"])
+            else:
+                w.add_scalar("Loss/train", r["loss"], r["step"])
+            w.add_scalar("Learning rate", r["lr"], r["step"])  # one word in ALIASES' spelling, with a space
+            w.add_scalar("Gradient norm/train", r["grad_norm"], r["step"])
+        for r in base.val:
+            if grouped:
+                w.add_scalars("Loss", {"test": r["loss"]}, r["step"])
+            else:
+                w.add_scalar("Loss/test", r["loss"], r["step"])
+        w.close()
+
+    csv_dir = tmp_path / "lightning"
+    csv_dir.mkdir()
+    lines = ["epoch,step,train_loss_step,train_loss_epoch,val_loss_step,val_loss_epoch,lr-AdamW,grad_2.0_norm_total"]
+    for r in base.train:  # a training row, then the epoch's mean (a wrong curve, were it read)
+        lines.append(f"0,{r['step']},{r['loss']!r},,,,{r['lr']!r},{r['grad_norm']!r}")
+    for r in base.val:  # two batches of the evaluation, each far from its mean, then the mean
+        lines += [f"0,{r['step']},,,{r['loss'] * 3!r},,,", f"0,{r['step']},,,{r['loss'] / 3!r},,,",
+                  f"0,{r['step']},,,,{r['loss']!r},,", f"0,{r['step']},,{r['loss'] * 2!r},,,,"]
+    (csv_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+    for path in (tutorial, scalars, csv_dir / "metrics.csv"):
+        got = read(path)
+        for key, (steps, values) in want.items():
+            s, v = got.col(*key)
+            assert np.array_equal(s, steps) and np.allclose(v, values, rtol=1e-6), (path.name, key)
+        assert [(f.id, f.severity) for f in diagnose(path).findings] == expect, path.name

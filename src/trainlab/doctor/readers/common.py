@@ -15,6 +15,7 @@ from trainlab.errors import TrainlabError
 # metric names other tools use, mapped to trainlab's (after split prefixes are removed)
 ALIASES = {
     "loss": "loss", "learning_rate": "lr", "lr": "lr", "grad_norm": "grad_norm", "gradient_norm": "grad_norm",
+    "grad_2_0_norm_total": "grad_norm",  # Lightning's grad_norm(module, norm_type=2)
     "accuracy": "acc", "acc": "acc", "perplexity": "ppl", "ppl": "ppl", "top5": "top5", "top5_acc": "top5",
     "tokens_per_s": "tokens_per_s", "tokens_per_second": "tokens_per_s",
 }
@@ -25,12 +26,13 @@ TRAIN_PREFIXES = ("train", "training")
 
 
 def classify(name: str) -> Optional[tuple[str, str]]:
-    """('train' | 'val', trainlab key) for a metric name such as 'val_loss', 'eval/loss',
-    'train_loss_step', 'lr-AdamW' or 'train/learning_rate'; None for names we do not use."""
+    """('train' | 'val', trainlab key) for a metric name such as 'val_loss', 'eval/loss', 'train_loss_step',
+    'lr-AdamW', 'train/learning_rate', or with the split last, as PyTorch's TensorBoard tutorial writes it
+    ('Loss/train', 'Loss/test', 'training loss'); None for names we do not use."""
     low = name.strip().lower()
-    if low.startswith("lr-") or low.startswith("lr_") or low in ("lr", "learning_rate"):
+    if low.startswith(("lr-", "lr_", "lr/")) or low in ("lr", "learning_rate"):
         return ("train", "lr")  # Lightning's LearningRateMonitor: lr-AdamW, lr-AdamW/pg1
-    parts = [p for p in re.split(r"[/_.\-]", low) if p]
+    parts = [p for p in re.split(r"[/_.\-\s]", low) if p]
     if not parts:
         return None
     split = "train"
@@ -38,13 +40,17 @@ def classify(name: str) -> Optional[tuple[str, str]]:
         split, parts = "val", parts[1:]
     elif parts[0] in TRAIN_PREFIXES:
         parts = parts[1:]
-    if parts and parts[-1] == "epoch":  # Lightning's per-epoch aggregate of a step metric
-        return None
-    if parts and parts[-1] == "step":
+    elif len(parts) > 1 and parts[-1] in VAL_PREFIXES + TRAIN_PREFIXES:  # the split last: Loss/train, loss_val
+        split, parts = ("val" if parts[-1] in VAL_PREFIXES else "train"), parts[:-1]
+    # Lightning logs a metric with on_step and on_epoch as name_step and name_epoch. In training the steps are
+    # the curve (the epoch's mean repeats them); in validation each step is one batch of the same evaluation,
+    # and the epoch's mean is the evaluation's value
+    if parts and parts[-1] in ("step", "epoch"):
+        if (parts[-1] == "epoch") == (split == "train"):
+            return None
         parts = parts[:-1]
     key = ALIASES.get("_".join(parts))
     return (split, key) if key else None
-
 
 
 def unmask_nonfinite(series: RunSeries) -> None:

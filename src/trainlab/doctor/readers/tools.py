@@ -91,6 +91,13 @@ def read_lightning_csv(path: Path) -> RunSeries:
 # TensorBoard
 
 
+def _scalars_name(tag: str, folder: str) -> str:
+    """SummaryWriter.add_scalars("Loss", {"train": ..., "val": ...}) writes each curve under the tag "Loss" in a
+    folder of its own, named "Loss_train" and "Loss_val": the folder tells the split."""
+    head = tag.replace("/", "_") + "_"
+    return f"{tag}/{folder[len(head):]}" if folder.startswith(head) and len(folder) > len(head) else tag
+
+
 def read_tensorboard(directory: Path) -> RunSeries:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -102,7 +109,7 @@ def read_tensorboard(directory: Path) -> RunSeries:
         acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
         acc.Reload()
         for tag in acc.Tags().get("scalars", []):
-            kind = classify(tag)
+            kind = classify(_scalars_name(tag, run.name))
             if not kind:
                 continue
             for ev in acc.Scalars(tag):
