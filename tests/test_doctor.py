@@ -293,7 +293,8 @@ def test_a_far_too_high_lr_without_warmup_is_the_lr_not_the_warmup(tool):
     assert "no_warmup_instability" not in ids
     first = diag.findings[0]
     assert first.suggested_overrides == {}  # not a trainlab run: its own tool's names instead
-    key = "learning_rate" if tool == "hf" else "learning rate"
+    # the TensorBoard run is the Trainer's too: its events hold its TrainingArguments, so their names are used
+    key = "learning rate" if tool == "lightning" else "learning_rate"
     assert first.suggested_changes[key] <= 1e-2 / 3 + 1e-12
 
 
@@ -320,6 +321,50 @@ def test_hf_trainer_advice_uses_training_arguments_names(tmp_path):
     assert "learning_rate" in diag.findings[0].suggested_changes
     out = cli("doctor", str(src / "trainer_state.json")).stdout
     assert "--set" not in out and "learning_rate = " in out
+
+
+def test_the_trainers_tensorboard_events_give_its_arguments_and_the_models_vocabulary(tmp_path):
+    """The Trainer's TensorBoard callback writes its TrainingArguments and the model's config as JSON text beside
+    the scalars: the run's stated settings, its vocabulary, and advice in TrainingArguments' names, as from
+    trainer_state.json with training_args.json and config.json beside it."""
+    tb = diagnose(FIX / "foreign" / "tensorboard" / "lr_too_high")
+    state = diagnose(FIX / "foreign" / "hf" / "lr_too_high" / "trainer_state.json")
+    args = tb.series.fact("trainer_args")
+    assert args["learning_rate"] == 0.09 and tb.series.fact("stated")["peak_lr"] == 0.09
+    assert tb.series.fact("vocab_size") == 80 and tb.series.fact("grad_clip") == args["max_grad_norm"]
+    assert tb.findings[0].suggested_changes == state.findings[0].suggested_changes == {"learning_rate": 0.018}
+    # without them (events of a plain loop), the change is said in words
+    bare = tmp_path / "tb"
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(bare))
+    for r in tb.series.train:
+        for key in ("loss", "lr", "grad_norm"):
+            w.add_scalar(f"train/{key}", r[key], r["step"])
+    w.close()
+    plain = diagnose(bare)
+    assert plain.series.fact("trainer_args") is None and plain.series.fact("vocab_size") is None
+    assert set(plain.findings[0].suggested_changes) == {"learning rate"}
+
+
+def test_lightning_hparams_yaml_states_the_settings_and_the_vocabulary(tmp_path):
+    """Lightning saves the module's save_hyperparameters() as hparams.yaml beside metrics.csv. The real
+    lr-3e-5 run from scratch (a slow fall that a fine-tune would also show) is lr_too_low at medium alone; with
+    the vocabulary stated there (a first loss near ln V: from scratch) it is high, and the stated lr and warmup
+    are read as such."""
+    run = tmp_path / "version_0"
+    run.mkdir()
+    shutil.copy(FIX / "foreign" / "lightning" / "lr_too_low" / "metrics.csv", run / "metrics.csv")
+    first = diagnose(run / "metrics.csv").findings[0]
+    assert (first.id, first.severity) == ("lr_too_low", "medium")
+    (run / "hparams.yaml").write_text("model:\n  vocab_size: 80\n  d_model: 64\noptim:\n  lr: 3.0e-05\n"
+                                      "  warmup_steps: 34\n  gradient_clip_val: 1.0\nname: char\n")
+    diag = diagnose(run / "metrics.csv")
+    assert (diag.findings[0].id, diag.findings[0].severity) == ("lr_too_low", "high")
+    assert diag.series.fact("vocab_size") == 80 and diag.series.fact("grad_clip") == 1.0
+    assert diag.series.fact("stated") == {"peak_lr": 3e-05, "warmup_steps": 34, "grad_clip": 1.0}
+    (run / "hparams.yaml").write_text("{}\n")  # what Lightning writes when nothing was saved
+    assert diagnose(run / "metrics.csv").findings[0].severity == "medium"
 
 
 def test_explained_findings_are_folded_into_their_cause():

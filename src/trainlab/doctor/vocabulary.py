@@ -37,13 +37,15 @@ def localize(findings: list[Finding], series: RunSeries) -> None:
     """Move each finding's overrides into the run's tool's names, unless trainlab made the run."""
     if series.source == "trainlab":
         return
-    names = HF_TRAINER if series.source == "hf_trainer" else IN_WORDS
-    args = _training_args(series) if series.source == "hf_trainer" else {}
+    # a Trainer run: its trainer_state.json, or TensorBoard events that hold its TrainingArguments
+    trainer = series.source == "hf_trainer" or series.fact("trainer_args") is not None
+    names = HF_TRAINER if trainer else IN_WORDS
+    args = _training_args(series) if trainer else {}
     for f in findings:
         changes: dict[str, Any] = {}
         for key, value in f.suggested_overrides.items():
             name = names.get(key) or IN_WORDS.get(key) or key
-            if series.source == "hf_trainer":
+            if trainer:
                 name, value = _hf_value(key, name, value, args, series)
             changes[name] = value
         f.suggested_changes, f.suggested_overrides = changes, {}
@@ -63,8 +65,9 @@ def _hf_value(key: str, name: str, value: Any, args: dict, series: RunSeries) ->
 
 
 def _training_args(series: RunSeries) -> dict[str, Any]:
-    """training_args.json beside trainer_state.json (a JSON dump of TrainingArguments), if saved."""
-    return json_beside(series, "training_args.json")
+    """TrainingArguments as the run saved them: in its TensorBoard events, or a training_args.json beside
+    trainer_state.json (a JSON dump of them)."""
+    return series.fact("trainer_args") or json_beside(series, "training_args.json")
 
 
 def json_beside(series: RunSeries, name: str) -> dict[str, Any]:

@@ -125,6 +125,8 @@ def setting_facts(settings: dict[str, str]) -> dict[str, object]:
             value = number(str(text))
             if value is not None and math.isfinite(value):
                 facts[key] = value
+    if facts.get("max_steps") is not None and float(facts["max_steps"]) <= 0:  # the Trainer's -1: not set (epochs rule)
+        del facts["max_steps"]
     if facts.get("decay_lr") is False:  # nanoGPT: without decay_lr the lr is constant, with no warmup
         facts.update(schedule="constant", warmup_steps=0)
     if not facts.get("warmup_steps") and facts.get("warmup_ratio") and facts.get("max_steps"):

@@ -49,12 +49,7 @@ def read_hf_trainer_state(path: Path) -> RunSeries:
     lr_facts(series)
     series.facts.update(max_steps=state.get("max_steps"), batch_size=state.get("train_batch_size"))
     stated_facts(series, _training_args(series))  # a training_args.json saved beside it: weight decay, clipping
-    model = json_beside(series, "config.json")  # the model's config.json: tells a fine-tune from scratch
-    vocab = model.get("vocab_size")
-    if isinstance(vocab, int) and vocab > 1:
-        series.facts["vocab_size"] = vocab
-        # a language-model head: its loss is a cross-entropy over the vocabulary (not a classifier's or a regression's)
-        series.facts["token_loss"] = any(isinstance(a, str) and a.endswith(LM_HEADS) for a in model.get("architectures") or [])
+    model_facts(series, json_beside(series, "config.json"))  # the model's config.json: tells a fine-tune from scratch
     return series
 
 
@@ -84,7 +79,9 @@ def read_lightning_csv(path: Path) -> RunSeries:
             except ValueError:
                 continue
             merged.setdefault((kind[0], step), {"step": step})[kind[1]] = value
-    return finish(series, merged, f"'{path}' holds no loss column (train_loss, val_loss, ...)")
+    finish(series, merged, f"'{path}' holds no loss column (train_loss, val_loss, ...)")
+    lightning_hparams(series)
+    return series
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,11 +99,12 @@ def read_tensorboard(directory: Path) -> RunSeries:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     merged: dict[tuple[str, int], dict] = {}
+    texts: dict[str, str] = {}
     files = sorted(Path(directory).rglob("events.out.tfevents.*"))
     if not files:
         raise TrainlabError(f"'{directory}' holds no TensorBoard event files")
     for run in sorted({f.parent for f in files}):
-        acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
         acc.Reload()
         for tag in acc.Tags().get("scalars", []):
             kind = classify(_scalars_name(tag, run.name))
@@ -114,5 +112,65 @@ def read_tensorboard(directory: Path) -> RunSeries:
                 continue
             for ev in acc.Scalars(tag):
                 merged.setdefault((kind[0], int(ev.step)), {"step": int(ev.step)})[kind[1]] = float(ev.value)
-    series = RunSeries("tensorboard", Path(directory))
-    return finish(series, merged, f"'{directory}': its events hold no loss scalars")
+        for tag in acc.Tags().get("tensors", []):
+            if tag in ("args/text_summary", "model_config/text_summary"):
+                strings = acc.Tensors(tag)[-1].tensor_proto.string_val
+                texts[tag.split("/")[0]] = strings[0].decode("utf-8", "replace") if strings else ""
+    series = finish(RunSeries("tensorboard", Path(directory)), merged, f"'{directory}': its events hold no loss scalars")
+    _trainer_texts(series, texts)
+    lightning_hparams(series)
+    return series
+
+
+def _trainer_texts(series: RunSeries, texts: dict[str, str]) -> None:
+    """The Hugging Face Trainer's TensorBoard callback also writes its TrainingArguments and the model's config
+    as JSON text: the run's settings, and its vocabulary, as trainer_state.json with the files beside it has."""
+    args, model = (_json_object(texts.get(k, "")) for k in ("args", "model_config"))
+    if args:
+        series.facts["trainer_args"] = args
+        stated_facts(series, {k: str(v) for k, v in args.items() if isinstance(v, (int, float, str)) and v is not None})
+    model_facts(series, model)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def model_facts(series: RunSeries, model: dict) -> None:
+    """The vocabulary a transformers config states, and whether its head's loss is a cross-entropy over it."""
+    vocab = model.get("vocab_size")
+    if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 1:
+        series.facts["vocab_size"] = vocab
+        # a language-model head: its loss is a cross-entropy over the vocabulary (not a classifier's or a regression's)
+        series.facts["token_loss"] = any(isinstance(a, str) and a.endswith(LM_HEADS) for a in model.get("architectures") or [])
+
+
+def lightning_hparams(series: RunSeries) -> None:
+    """Lightning's loggers save the module's hyperparameters (`save_hyperparameters()`) as hparams.yaml in the
+    version folder beside metrics.csv or the events: its learning rate, warmup, clipping, vocabulary, as stated.
+    Nested sections are read by their leaf names."""
+    import yaml
+
+    folder = series.path if series.path.is_dir() else Path(series.path).parent
+    try:
+        data = yaml.safe_load((folder / "hparams.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return
+    if not isinstance(data, dict) or not data:
+        return
+    leaves: dict[str, object] = {}
+
+    def walk(tree: dict) -> None:
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                walk(value)
+            elif isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                leaves.setdefault(str(key), value)
+
+    walk(data)
+    stated_facts(series, {k: str(v) for k, v in leaves.items()})
+    model_facts(series, {"vocab_size": leaves.get("vocab_size")})
