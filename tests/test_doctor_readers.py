@@ -346,3 +346,23 @@ def test_the_names_other_loops_give_the_same_curves_read_the_same(tmp_path):
             s, v = got.col(*key)
             assert np.array_equal(s, steps) and np.allclose(v, values, rtol=1e-6), (path.name, key)
         assert [(f.id, f.severity) for f in diagnose(path).findings] == expect, path.name
+
+
+def test_tensorboard_split_folders_with_one_tag_read_as_train_and_validation(tmp_path):
+    """Two SummaryWriters, one in train/ and one in validation/, logging the same tag (the layout of Keras'
+    TensorBoard callback, whose tags are epoch_loss and epoch_learning_rate): the folder is the split. The
+    values are pt-char-cosine's real curves."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    base = read(REPO / "tests" / "fixtures" / "doctor" / "corpus" / "pt-char-cosine" / "tb")
+    train, val = SummaryWriter(str(tmp_path / "train")), SummaryWriter(str(tmp_path / "validation"))
+    for r in base.train:
+        train.add_scalar("epoch_loss", r["loss"], r["step"])
+        train.add_scalar("epoch_learning_rate", r["lr"], r["step"])
+    for r in base.val:
+        val.add_scalar("epoch_loss", r["loss"], r["step"])
+    train.close(), val.close()
+    got = read(tmp_path)
+    for key in [("loss",), ("loss", "val"), ("lr",)]:
+        (s, v), (ws, wv) = got.col(*key), base.col(*key)
+        assert np.array_equal(s, ws) and np.allclose(v, wv, rtol=1e-6), key

@@ -42,6 +42,8 @@ def classify(name: str) -> Optional[tuple[str, str]]:
         parts = parts[1:]
     elif len(parts) > 1 and parts[-1] in VAL_PREFIXES + TRAIN_PREFIXES:  # the split last: Loss/train, loss_val
         split, parts = ("val" if parts[-1] in VAL_PREFIXES else "train"), parts[:-1]
+    if len(parts) > 1 and parts[0] in ("epoch", "batch"):  # Keras: epoch_loss, batch_loss (an epoch's or a batch's)
+        parts = parts[1:]
     # Lightning logs a metric with on_step and on_epoch as name_step and name_epoch. In training the steps are
     # the curve (the epoch's mean repeats them); in validation each step is one batch of the same evaluation,
     # and the epoch's mean is the evaluation's value

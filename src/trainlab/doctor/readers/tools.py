@@ -4,6 +4,7 @@ TensorBoard event directories."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from trainlab.doctor.readers.common import classify, csv_rows, finish, lr_facts, stated_facts, unmask_nonfinite
@@ -88,6 +89,14 @@ def read_lightning_csv(path: Path) -> RunSeries:
 # TensorBoard
 
 
+SPLIT_FOLDERS = ("train", "training", "validation", "val", "valid", "eval", "test")
+
+
+def _names_split(name: str) -> bool:
+    parts = [p for p in re.split(r"[/_.\-\s]", name.lower()) if p]
+    return bool(parts) and (parts[0] in SPLIT_FOLDERS or parts[-1] in SPLIT_FOLDERS)
+
+
 def _scalars_name(tag: str, folder: str) -> str:
     """SummaryWriter.add_scalars("Loss", {"train": ..., "val": ...}) writes each curve under the tag "Loss" in a
     folder of its own, named "Loss_train" and "Loss_val": the folder tells the split."""
@@ -98,7 +107,7 @@ def _scalars_name(tag: str, folder: str) -> str:
 def read_tensorboard(directory: Path) -> RunSeries:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    merged: dict[tuple[str, int], dict] = {}
+    curves: dict[tuple[str, str], list] = {}  # (split, key) -> the longest curve any tag gave it
     texts: dict[str, str] = {}
     files = sorted(Path(directory).rglob("events.out.tfevents.*"))
     if not files:
@@ -107,15 +116,24 @@ def read_tensorboard(directory: Path) -> RunSeries:
         acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
         acc.Reload()
         for tag in acc.Tags().get("scalars", []):
-            kind = classify(_scalars_name(tag, run.name))
+            name = _scalars_name(tag, run.name)
+            if run != Path(directory) and run.name.lower() in SPLIT_FOLDERS and not _names_split(name):
+                name = f"{run.name}/{name}"  # Keras, or two SummaryWriters: train/ and validation/ folders, one tag
+            kind = classify(name)
             if not kind:
                 continue
-            for ev in acc.Scalars(tag):
-                merged.setdefault((kind[0], int(ev.step)), {"step": int(ev.step)})[kind[1]] = float(ev.value)
+            events = acc.Scalars(tag)
+            # where two tags name one metric (Keras' batch_loss and epoch_loss), the one logged more often is the curve
+            if len(events) > len(curves.get(kind, ())):
+                curves[kind] = events
         for tag in acc.Tags().get("tensors", []):
             if tag in ("args/text_summary", "model_config/text_summary"):
                 strings = acc.Tensors(tag)[-1].tensor_proto.string_val
                 texts[tag.split("/")[0]] = strings[0].decode("utf-8", "replace") if strings else ""
+    merged: dict[tuple[str, int], dict] = {}
+    for (split, key), events in curves.items():
+        for ev in events:
+            merged.setdefault((split, int(ev.step)), {"step": int(ev.step)})[key] = float(ev.value)
     series = finish(RunSeries("tensorboard", Path(directory)), merged, f"'{directory}': its events hold no loss scalars")
     _trainer_texts(series, texts)
     lightning_hparams(series)
