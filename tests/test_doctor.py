@@ -367,6 +367,27 @@ def test_lightning_hparams_yaml_states_the_settings_and_the_vocabulary(tmp_path)
     assert diagnose(run / "metrics.csv").findings[0].severity == "medium"
 
 
+def test_no_finding_on_a_log_too_sparse_to_check_is_not_called_healthy(tmp_path):
+    """The real Trainer log of a healthy run, kept at every 100th step (3 training losses, as a default
+    logging_steps gives a short run): the lr checks cannot run, so the console and the report say the run was not
+    shown healthy, and why; the full log is healthy. The JSON verdict stays one of the contract's three, with
+    `checks` saying what did not run."""
+    src = FIX / "foreign" / "hf" / "healthy" / "trainer_state.json"
+    state = json.loads(src.read_text())
+    assert "healthy (0 findings" in cli("doctor", str(src), "--out", str(tmp_path / "full")).stdout
+    state["log_history"] = [h for h in state["log_history"] if "loss" not in h or h["step"] % 100 == 0]
+    run = tmp_path / "sparse"
+    run.mkdir()
+    (run / "trainer_state.json").write_text(json.dumps(state))
+    out = cli("doctor", str(run / "trainer_state.json")).stdout
+    assert "no finding, but not shown healthy" in out
+    assert "not checked: lr_too_high (needs 10 finite training losses, the run has 3)" in out
+    assert "not shown healthy" in (run / "doctor" / "report.html").read_text()
+    doc = json.loads((run / "doctor" / "diagnosis.json").read_text())
+    assert doc["verdict"] == "healthy" and {"id": "lr_too_high", "ran": False,
+                                            "reason": "needs 10 finite training losses, the run has 3"} in doc["checks"]
+
+
 def test_explained_findings_are_folded_into_their_cause():
     from trainlab.doctor.causes import explain
     from trainlab.doctor.series import RunSeries

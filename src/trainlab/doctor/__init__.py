@@ -17,6 +17,11 @@ from trainlab.errors import TrainlabError
 from trainlab.files import atomic_write
 
 
+# what a run must have been checked for before "healthy" means it: the lr both ways, and what the validation
+# loss shows (with --json, `checks` says which ran; the verdict stays one of the three the contract names)
+HEALTH_CHECKS = ("lr_too_high", "lr_too_low", "overfitting", "undertrained")
+
+
 @dataclass
 class Diagnosis:
     series: RunSeries
@@ -31,6 +36,12 @@ class Diagnosis:
     @property
     def verdict(self) -> str:
         return verdict(self.findings)
+
+    @property
+    def unchecked(self) -> list[dict[str, Any]]:
+        """The checks a healthy verdict rests on (HEALTH_CHECKS) that could not run, with why: without them, no
+        finding is not the same as healthy."""
+        return [c for c in self.checks if c["id"] in HEALTH_CHECKS and not c["ran"]]
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"verdict": self.verdict, "findings": [f.to_json() for f in self.findings],
@@ -140,8 +151,12 @@ def write_outputs(diag: Diagnosis, out: Path) -> tuple[Path, Path]:
 
 
 def summary(diag: Diagnosis) -> str:
-    lines = [f"{diag.series.path}: {diag.verdict.replace('_', ' ')} "
+    unchecked = diag.unchecked if diag.verdict == "healthy" else []
+    said = "no finding, but not shown healthy" if unchecked else diag.verdict.replace("_", " ")
+    lines = [f"{diag.series.path}: {said} "
              f"({len(diag.findings)} finding{'s' if len(diag.findings) != 1 else ''}, read as {diag.series.source})"]
+    if unchecked:
+        lines.append("  not checked: " + "; ".join(f"{c['id']} ({c['reason']})" for c in unchecked))
     for f in diag.findings:
         lines.append(f"  [{f.severity}] {f.id}: {f.evidence}")
         lines.append(f"      -> {f.recommendation}")

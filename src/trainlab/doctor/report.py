@@ -99,7 +99,11 @@ def render(diag) -> str:
             f'last step {s.last_step} | {esc(time.strftime("%Y-%m-%d %H:%M"))}</p>',
             f'<p><span class="verdict" style="background:{VERDICT_COLOR[verdict]}">{esc(verdict.replace("_", " "))}</span> '
             f"{len(diag.findings)} finding(s)</p>", "<h2>Findings</h2>"]
-    body += [_finding_html(f) for f in diag.findings] or ["<p>No findings: the run looks healthy.</p>"]
+    unchecked = diag.unchecked
+    body += [_finding_html(f) for f in diag.findings] or (
+        ["<p>No findings, but not shown healthy: these checks could not run: "
+         + esc("; ".join(f"{c['id']} ({c['reason']})" for c in unchecked)) + ".</p>"] if unchecked
+        else ["<p>No findings: the run looks healthy.</p>"])
     if diag.verify is not None:
         body += _verify_html(diag.verify)
     body += ["<h2>Curves</h2>", '<div class="plots">', *_plots(diag), "</div>"]
