@@ -21,7 +21,9 @@ class Section(BaseModel):
     """A config section: unknown keys are errors, assignments are validated, and each field's docstring
     is its documentation (`trainlab config` prints it)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    # no key takes an infinite or NaN number (an lr of inf would train into NaN weights)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True,
+                              allow_inf_nan=False)
 
 
 class MoEConfig(Section):
@@ -215,7 +217,7 @@ class TrainConfig(Section):
     """auto: bf16 on CPUs with AVX-512 bf16 and GPUs of compute capability 8.0+, fp16 on older GPUs, else fp32."""
     compile: bool = False
     """Wrap the model in torch.compile."""
-    seed: int = 1337
+    seed: int = Field(1337, ge=0)
     """Seed for init, data order and dropout."""
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     """Label smoothing of the cross entropy."""

@@ -125,6 +125,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, fresh: bool = Fal
 
 
 def _train(cfg, run_dir: Path, resume: bool, fresh: bool, log, on_eval, dist) -> dict:
+    t = cfg.train
+    if not (t.max_steps or t.max_tokens or t.epochs or t.max_seconds):
+        raise ConfigError("the run has no budget, so it would never end and its schedule would never decay: set one "
+                          "of train.max_steps, train.max_tokens, train.epochs or train.max_seconds")
     task = task_class(cfg.task)
     if dist.main:
         prepare_run_dir(run_dir, resume, fresh)

@@ -21,6 +21,7 @@ import torch
 
 from trainlab import hardware
 from trainlab.config import RunConfig
+from trainlab.errors import ConfigError
 from trainlab.monitor.sinks import Sinks
 from trainlab.tasks import task_class
 from trainlab.train import distributed, guards
@@ -188,11 +189,21 @@ class Trainer:
         if not t.freeze and not t.unfreeze:
             return
         released = [p for s, pats in t.unfreeze.items() if int(s) <= step for p in pats]
+        names = [name for name, _ in self.model.named_parameters()]
+        if step == 0:
+            for key, pats in [("train.freeze", t.freeze)] + [(f"train.unfreeze.{s}", v) for s, v in t.unfreeze.items()]:
+                idle = [pat for pat in pats if not any(fnmatch.fnmatch(n, pat) for n in names)]
+                if idle:
+                    raise ConfigError(f"{key}: {', '.join(repr(p) for p in idle)} matches no parameter of this model "
+                                      f"(names look like {names[0]!r}, {names[-1]!r})")
         for name, p in self.model.named_parameters():
             frozen = any(fnmatch.fnmatch(name, pat) for pat in t.freeze)
             if frozen and any(fnmatch.fnmatch(name, pat) for pat in released):
                 frozen = False
             p.requires_grad_(not frozen)
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise ConfigError(f"train.freeze freezes every parameter at step {step}: nothing would train; narrow its "
+                              f"patterns, or release some at step {step} with train.unfreeze")
 
     # -- steps ----------------------------------------------------------------------------------------
     def _autocast(self):
