@@ -206,6 +206,17 @@ def test_capacity_finding_for_seed_000_shape(tmp_path):
     diag = diagnose(run, check_data=False)
     f = next(f for f in diag.findings if f.id == "capacity_too_small")
     assert f.severity == "high" and "250,000" in f.evidence
+    assert f.suggested_overrides["data.bpe_vocab_size"] < 250_000 and "smaller vocabulary" in f.recommendation
+    # micro-bert's shape: a vocabulary of 1,025 is small already; the advice widens the model, never a larger BPE
+    cfg["model"].update(vocab_size=1025, d_model=4)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    f = next(f for f in diagnose(run, check_data=False).findings if f.id == "capacity_too_small")
+    assert f.suggested_overrides == {"model.d_model": 128} and "already small" in f.recommendation
+    # a fine-tune keeps its base's shape and tokenizer: no override to change them
+    cfg["init_from"] = str(tmp_path / "base")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    f = next(f for f in diagnose(run, check_data=False).findings if f.id == "capacity_too_small")
+    assert f.suggested_overrides == {} and "wider base model" in f.recommendation
 
 
 def test_repetition_measures():
@@ -384,6 +395,7 @@ def test_no_finding_on_a_log_too_sparse_to_check_is_not_called_healthy(tmp_path)
     assert "not checked: lr_too_high (needs 10 finite training losses, the run has 3)" in out
     assert "not shown healthy" in (run / "doctor" / "report.html").read_text()
     doc = json.loads((run / "doctor" / "diagnosis.json").read_text())
+    assert doc["unchecked"] == ["lr_too_high", "lr_too_low"]
     assert doc["verdict"] == "healthy" and {"id": "lr_too_high", "ran": False,
                                             "reason": "needs 10 finite training losses, the run has 3"} in doc["checks"]
 

@@ -55,6 +55,8 @@ class Diagnosis:
             out["notes"] = self.notes
         if self.checks:
             out["checks"] = self.checks
+        if self.verdict == "healthy" and self.unchecked:  # no finding, but not shown healthy: say so where scripts look
+            out["unchecked"] = [c["id"] for c in self.unchecked]
         if self.estimate_check is not None:
             out["estimate_check"] = self.estimate_check
         if self.verify is not None:

@@ -485,6 +485,10 @@ def overfitting(c: Curves) -> Optional[Finding]:
                    over, {"best_step": best_step, "stop_step": stop_at})
 
 
+# a vocabulary above this is what a smaller BPE would cut (the advice's 4k-16k)
+LARGE_VOCAB = 16384
+
+
 def capacity_too_small(c: Curves) -> Optional[Finding]:
     """The parameter budget sits in the embeddings and the network itself is tiny (seed 000)."""
     params, emb, d = c.s.fact("params"), c.s.fact("embedding_params"), c.s.fact("d_model")
@@ -493,14 +497,22 @@ def capacity_too_small(c: Curves) -> Optional[Finding]:
     share = emb / params
     if share < 0.6 or d > 96:
         return None
-    vocab = c.s.fact("vocab_size")
-    return Finding("capacity_too_small", "high" if share > 0.9 and d <= 32 else "medium",
-                   f"{share:.0%} of the {params:,} parameters are embeddings ({emb:,}; vocabulary {vocab:,} x width "
-                   f"{d}); the transformer layers hold only {params - emb:,}.",
-                   "The vocabulary eats the budget and each token gets only a few dimensions: the model can barely "
-                   "represent context. Use a smaller vocabulary (a BPE of 4k-16k trained on your data) and spend "
-                   "the parameters on width and depth.",
-                   {"data.tokenizer": "bpe", "data.bpe_vocab_size": 8192, "model.d_model": max(128, d * 4)})
+    vocab, cfg = c.s.fact("vocab_size"), c.s.fact("config")
+    evidence = (f"{share:.0%} of the {params:,} parameters are embeddings ({emb:,}; vocabulary {vocab:,} x width "
+                f"{d}); the transformer layers hold only {params - emb:,}.")
+    if cfg is not None and getattr(cfg, "init_from", None):  # the shape and the tokenizer are the base model's
+        advice, over = ("Each token gets only a few dimensions, and a fine-tune keeps its base model's shape and "
+                        "tokenizer: start from a wider base model."), {}
+    elif vocab and vocab > LARGE_VOCAB:
+        advice = ("The vocabulary eats the budget and each token gets only a few dimensions: the model can barely "
+                  "represent context. Use a smaller vocabulary (a BPE of 4k-16k trained on your data) and spend "
+                  "the parameters on width and depth.")
+        over = {"data.tokenizer": "bpe", "data.bpe_vocab_size": 8192, "model.d_model": max(128, d * 4)}
+    else:  # a small vocabulary already: the network is what is too narrow
+        advice = (f"The vocabulary is already small ({vocab:,}); each token gets only {d} dimensions, too few to "
+                  "represent context. Widen the model, and keep it deeper than two layers.")
+        over = {"model.d_model": max(128, d * 4)}
+    return Finding("capacity_too_small", "high" if share > 0.9 and d <= 32 else "medium", evidence, advice, over)
 
 
 def _scatter(c: Curves) -> Optional[float]:
@@ -636,8 +648,9 @@ def low_mfu(c: Curves) -> Optional[Finding]:
                        "such as a T4 (precision: auto picks).", {"train.precision": "auto"})
     if med is not None and med < 0.05:
         return Finding("low_mfu", "low", f"median MFU {med:.1%} of the measured matmul peak.",
-                       "The steps are too small to keep the cores busy: raise the batch size or sequence length, "
-                       "or turn on train.compile.", {} if s.fact("compile") else {"train.compile": True})
+                       "The steps are too small to keep the cores busy: raise the batch size or sequence length"
+                       + ("." if s.fact("compile") else ", or turn on train.compile."),
+                       {} if s.fact("compile") else {"train.compile": True})
     return None
 
 
