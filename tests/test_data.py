@@ -122,3 +122,33 @@ def test_eval_subset_is_fixed_and_in_range():
     s = eval_starts(500, 32, 10)
     assert s[0] == 0 and s[-1] == 500 - 33 and len(s) == 10
     assert np.array_equal(s, eval_starts(500, 32, 10))
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+def test_windows_line_ends_and_a_byte_order_mark_read_as_the_plain_text(tmp_path, plays, tokenizer):
+    """The same plays saved by a Windows editor (a UTF-8 byte-order mark, "\\r\\n" line ends), as a text file
+    and as JSON lines: the same tokenizer and the same token ids as the plain file; "\\r" and the mark never
+    become tokens a model learns to write."""
+    text = plays[:120_000]
+    plain, windows, lines = tmp_path / "plain.txt", tmp_path / "windows.txt", tmp_path / "windows.jsonl"
+    plain.write_bytes(text.encode("utf-8"))
+    windows.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))
+    paras = [p for p in text.split("\n\n") if p.strip()]
+    lines.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps({"text": p}) + "\r\n" for p in paras).encode("utf-8"))
+    (tmp_path / "plain.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in paras), encoding="utf-8")
+
+    def prep(path):
+        cfg = DataConfig(source=str(path), tokenizer=tokenizer, bpe_vocab_size=400, cache_dir=str(tmp_path / "cache"))
+        return prepare(cfg, seq_len=32, log=lambda s: None)
+
+    # the text file splits at the same share of its bytes, which its longer line ends move by a few lines: the
+    # text read back is the plain text, and no "\r" or mark is in the vocabulary
+    b = prep(windows)
+    assert b.tokenizer.decode(b.train) + b.tokenizer.decode(b.val) == text
+    vocab = (b.directory / "tokenizer.json").read_text(encoding="utf-8")
+    assert "\\r" not in vocab and "\\ufeff" not in vocab and "\ufeff" not in vocab
+    if tokenizer == "char":
+        assert b.tokenizer.vocab_size == prep(plain).tokenizer.vocab_size
+    # JSON lines split by document: the very same ids
+    a, b = prep(tmp_path / "plain.jsonl"), prep(lines)
+    assert np.array_equal(a.train, b.train) and np.array_equal(a.val, b.val)

@@ -27,7 +27,7 @@ from trainlab.data.tokenizers import ByteTokenizer, CharTokenizer, HFTokenizer, 
 from trainlab.errors import DataError
 from trainlab.files import default_cache_dir, staged_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: byte-order marks dropped, line ends made \n
 CHUNK_BYTES = 4 << 20
 ENCODE_BATCH = 1024
 
@@ -131,6 +131,8 @@ class Source:
         seen_field = False
         with open(path, "rb") as fh:
             for lineno, raw in enumerate(fh, 1):
+                if lineno == 1:
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark, which json.loads refuses
                 if not raw.strip():
                     continue
                 try:
@@ -168,10 +170,15 @@ def _check_text_file(path: Path) -> None:
 
 
 def _decode(block: bytes, path: Path, offset: int) -> str:
+    """UTF-8 text with the file's byte-order mark dropped and its line ends made "\n" (Windows' "\r\n", old
+    Macs' "\r"), as Python's text files read them: neither is text a model should learn to write."""
     try:
-        return block.decode("utf-8")
+        text = block.decode("utf-8")
     except UnicodeDecodeError as err:
         raise DataError(f"data file '{path}' is not UTF-8 text (invalid byte at offset {offset + err.start})") from None
+    if offset == 0:
+        text = text.removeprefix("\ufeff")
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def _read_utf8(path: Path) -> str:
