@@ -316,3 +316,18 @@ def test_doctor_on_a_real_forecaster_run_names_the_evaluation_not_the_learning_r
     ids = [f.id for f in diag.findings]
     assert ids[0] == "no_better_than_naive" and "lr_too_high" not in ids
     assert diag.verdict == "failing"
+
+
+def test_a_nucleus_of_zero_samples_the_most_likely_id():
+    """`forecast --top-p 0` keeps the most likely id, as `generate --top-p 0` does (it had emptied the
+    distribution); a nucleus of 1 leaves every id possible."""
+    import torch
+
+    from trainlab.tasks.series_forecast import _sample
+
+    logits = torch.tensor([[0.1, 2.0, -1.0, 1.9], [3.0, 0.0, 0.0, 2.9]])
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        assert _sample(logits, 1.0, 0.0, gen).tolist() == [1, 0]
+    drawn = {tuple(_sample(logits, 1.0, 1.0, gen).tolist()) for _ in range(200)}
+    assert len(drawn) > 2

@@ -126,17 +126,18 @@ def diverged(c: Curves) -> Optional[Finding]:
                    {"optim.lr": _round_lr(lr / 10)} if lr else {})
 
 
-# trainlab's tasks whose training loss is one cross-entropy over the model's vocabulary
-TOKEN_LOSS_TASKS = ("causal_lm", "sft", "masked_lm")
-
-
 def chance_loss(s: RunSeries) -> Optional[float]:
     """ln V, the loss of a uniform guess over the vocabulary, where the run's loss is a cross-entropy over it and
     V is known: a trainlab language-model task, or another tool's log with the model's config.json beside it."""
     vocab, cfg = s.fact("vocab_size"), s.fact("config")
     if not vocab or vocab < 2:
         return None
-    if (cfg.task not in TOKEN_LOSS_TASKS) if cfg is not None else not s.fact("token_loss"):
+    if cfg is not None:
+        from trainlab.tasks import task_class
+
+        if not task_class(cfg.task).token_loss:
+            return None
+    elif not s.fact("token_loss"):
         return None
     return math.log(vocab)
 

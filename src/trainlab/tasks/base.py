@@ -53,6 +53,8 @@ class Task:
     finished run of this task."""
 
     name = "task"
+    token_loss: ClassVar[bool] = False
+    """The training loss is one cross-entropy over model.vocab_size (a uniform guess scores ln V)."""
     sections: ClassVar[dict[str, type[Section]]] = {}
     """The config sections this task declares (`{"sft": SFTConfig}`): they join the full RunConfig under
     these names, with their defaults, whatever the task of a run (a preset may set them for another)."""

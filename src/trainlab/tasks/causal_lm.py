@@ -99,6 +99,7 @@ class TokenTask(Task):
 
 class CausalLM(TokenTask):
     name = "causal_lm"
+    token_loss = True
     doctor_checks = frozenset({"data", "probe", "samples"})
 
     def __init__(self, cfg: RunConfig, data: Prepared, device: torch.device, rank: int = 0, world: int = 1):

@@ -153,6 +153,7 @@ def fill_masks(model: nn.Module, ids: list[int], mask_id: int, top: int = 5) -> 
 
 class MaskedLM(TokenTask):
     name = "masked_lm"
+    token_loss = True
     sections = {"mlm": MLMConfig}
     doctor_checks = frozenset({"data"})
 

@@ -32,6 +32,7 @@ from trainlab.data import series
 from trainlab.data.prepare import EpochOrder
 from trainlab.errors import ConfigError, DataError, TrainlabError
 from trainlab.findings import Finding
+from trainlab.models.generate import apply_top_p
 from trainlab.tasks.base import Batch, Forward, GenerationRequest, LoadedRun, Reduce, Task, TokenMetrics, chunks
 from trainlab.tasks.series_tokenizer import SeriesConfig
 
@@ -350,11 +351,8 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.G
     """One id per row from logits (N, V): softmax at the temperature, cut to the top-p nucleus."""
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = (logits.float() / temperature).softmax(-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < top_p
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+    # the nucleus as text generation cuts it: the most likely id always stays (top_p 0 is greedy)
+    probs = apply_top_p(logits.float() / temperature, top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=gen)[:, 0]
 
 

@@ -95,6 +95,7 @@ def init_vocab_size(init_from: str) -> Optional[int]:
 
 class SFT(TokenTask):
     name = "sft"
+    token_loss = True
     sections = {"sft": SFTConfig}
     doctor_checks = frozenset({"samples"})
     data: SFTData
