@@ -9,6 +9,7 @@ finished trials is capped at --trials across all of them.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import shutil
 from pathlib import Path
@@ -30,8 +31,17 @@ def load_space(path: Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: {config_class().unknown_key_message(key)}")
         if not isinstance(spec, dict) or not ("choices" in spec or {"low", "high"} <= set(spec)):
             raise ConfigError(f"{path}: '{key}' needs low and high, or choices")
-        if "choices" not in spec and not spec["low"] < spec["high"]:
+        if "choices" in spec:
+            if not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise ConfigError(f"{path}: '{key}': choices must be a non-empty list")
+            continue
+        low, high = spec["low"], spec["high"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+            raise ConfigError(f"{path}: '{key}': low and high must be finite numbers (got {low!r} and {high!r})")
+        if not low < high:
             raise ConfigError(f"{path}: '{key}': low must be below high")
+        if spec.get("log") and low <= 0:
+            raise ConfigError(f"{path}: '{key}': a log range needs low above 0 (got {low!r})")
     budget = doc.get("budget") or {}
     if budget and (len(budget) != 1 or next(iter(budget)) not in BUDGET_KEYS):
         raise ConfigError(f"{path}: 'budget' must be one of tokens: N, steps: N or seconds: N")
@@ -82,8 +92,20 @@ def tune(space_path: Path, preset: Optional[str], config: Optional[Path], sets: 
     space = load_space(space_path)
     base = resolve(preset or (None if config else "shakespeare-char"), config, sets).to_dict()
     trial_config(base, space, {})  # bad keys or values fail here, before any trial
+    for key, spec in space["params"].items():  # and so does a value the space can give that the config refuses
+        for value in spec["choices"] if "choices" in spec else (spec["low"], spec["high"]):
+            try:
+                trial_config(base, space, {key: value})
+            except ConfigError as err:
+                raise ConfigError(f"{space_path}: '{key}': the value {value!r} makes an invalid config: {err}") from None
+    made = not out.exists()
+    try:
+        store, where = open_storage(storage, out)
+    except Exception as err:  # an unknown scheme, a missing driver, a database that cannot be reached
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise ConfigError(f"--storage '{storage}' cannot be opened: {str(err).splitlines()[0][:200]}") from None
     out.mkdir(parents=True, exist_ok=True)
-    store, where = open_storage(storage, out)
     pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
               "hyperband": optuna.pruners.HyperbandPruner(), "none": optuna.pruners.NopPruner()}[space["pruner"]]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
