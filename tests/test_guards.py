@@ -176,3 +176,22 @@ def test_spike_test_handles_losses_that_go_negative():
     assert guards.spikes(p, 1.5, g)
     p.recent_losses = [2.0 + 0.01 * (i % 5) for i in range(50)]  # positive: spike_factor x the median
     assert not guards.spikes(p, 5.9, g) and guards.spikes(p, 6.2, g)
+
+
+def test_a_run_with_its_guards_off_that_goes_nan_finishes_and_generate_says_so(tmp_path):
+    """lr 1e6 with the non-finite guard off: the weights go NaN. The run still finishes (no sample is written
+    from a model whose outputs are not finite), `generate` exits 2 with one line, and the doctor names the lr."""
+    import json
+
+    from conftest import cli
+
+    run = tmp_path / "div"
+    cli("train", "--preset", "tiny", "--run-dir", str(run), "--set", "train.max_steps=10", "--set", "optim.lr=1e6",
+        "--set", "optim.name=adamw", "--set", "guard.skip_nonfinite=false", "--set", "train.eval_interval=5")
+    vals = [r for r in read_rows(run / "metrics.jsonl") if r["split"] == "val"]
+    assert vals and not all(isinstance(r["loss"], float) and math.isfinite(r["loss"]) for r in vals)
+    assert (run / "checkpoints").is_dir()
+    proc = cli("generate", str(run), "--max-new-tokens", "5", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not finite" in proc.stderr
+    doc = json.loads(cli("doctor", str(run), "--json").stdout)
+    assert doc["findings"][0]["id"] == "lr_too_high"

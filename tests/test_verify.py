@@ -64,6 +64,10 @@ def test_a_diverged_seed_is_null_and_counts_against_its_arm():
     # the fixed arm's seed diverged: counted against it, so no help shown
     r = verify.compare([3.0, 3.05, 3.1], [2.9, None, 3.0], worst=4.4)
     assert r["fixed_val_loss"] == pytest.approx((2.9 + 4.4 + 3.0) / 3) and r["helped"] is False
+    # the baseline diverged on every seed and the fix on none: helped, even where the worst loss seen is the
+    # fix's own (a short verify whose only finite losses are the fixed arm's)
+    r = verify.compare([None, None], [4.10, 4.09], worst=4.10)
+    assert r["helped"] is True and r["interval"][1] >= 0
     # nothing recorded to count a divergence as: no figures, not helped
     r = verify.compare([None, None], [2.9, 3.0], worst=None)
     assert r["delta"] is None and r["interval"] is None and r["helped"] is False

@@ -15,3 +15,7 @@ class DataError(TrainlabError):
 
 class CheckpointError(TrainlabError):
     pass
+
+
+class NonFiniteOutput(TrainlabError):
+    """The model's outputs are NaN or infinite (its weights diverged): there is nothing to sample from."""

@@ -166,6 +166,9 @@ def run_one(sweep: Sweep, name: str, k: int, where: Path) -> dict[str, Any]:
         return {"variant": name, "seed": k, "failed": True, "returncode": proc.returncode,
                 "log": str(where / "train.log")}
     result = summarise_run(run) | {"variant": name, "seed": k, "seed_value": cfg.train.seed}
+    loss = result["val_loss"]
+    if not (isinstance(loss, (int, float)) and math.isfinite(loss)):  # it ended on a NaN (its guards were off)
+        result |= {"val_loss": None, "failed": True, "diverged": True, "returncode": 0, "log": str(where / "train.log")}
     atomic_write(done, json.dumps(result, indent=1))
     return result
 
@@ -202,7 +205,8 @@ def run_sweep(sweep: Sweep, out: Path, log: Callable[[str], None] = print,
     def job(item):
         name, k, where = item
         res = run_one(sweep, name, k, where)
-        status = "FAILED (see " + res["log"] + ")" if res.get("failed") else \
+        status = ("diverged: its validation loss is not finite" if res.get("diverged") else
+                  "FAILED (see " + res["log"] + ")") if res.get("failed") else \
             f"val loss {res['val_loss']:.4f}, {res['tokens']:,} tokens, {res['elapsed_s']:.0f} s"
         log(f"  {name} seed {k}: {status}")
         return res
@@ -248,14 +252,15 @@ def aggregate(sweep: Sweep, results: list[dict[str, Any]]) -> dict[str, Any]:
 
     by: dict[str, list[dict]] = {name: [] for name in sweep.variants}
     for r in results:
-        if not r.get("failed"):
+        if not r.get("failed") and r.get("val_loss") is not None:  # a diverged run has no loss to average
             by[r["variant"]].append(r)
     base = [r["val_loss"] for r in by[sweep.baseline]]
     rows = []
     for name, runs in by.items():
         losses = [r["val_loss"] for r in runs]
         row: dict[str, Any] = {"variant": name, "overrides": sweep.variants[name], "n": len(runs),
-                               "failed": sum(1 for r in results if r["variant"] == name and r.get("failed"))}
+                               "failed": sum(1 for r in results if r["variant"] == name
+                                             and (r.get("failed") or r.get("val_loss") is None))}
         if runs:
             row |= {"val_loss": describe(losses)}
             for key in ("acc", "top5", "ppl", "tokens", "tokens_per_s", "elapsed_s", "steps"):

@@ -108,7 +108,9 @@ def compare(baseline: Sequence[Optional[float]], fixed: Sequence[Optional[float]
     out.update(baseline_val_loss=sum(b) / len(b), fixed_val_loss=sum(f) / len(f), delta=diffs["mean"])
     if len(b) >= 2:
         out["interval"] = [diffs["lo"], diffs["hi"]]
-        out["helped"] = bool(diffs["hi"] < 0)
+        # a baseline that diverged on every seed against a fix that did on none helped, whatever loss stands in
+        rescued = all(v is None for v in baseline) and all(v is not None for v in fixed)
+        out["helped"] = bool(diffs["hi"] < 0) or rescued
     return out
 
 
@@ -145,7 +147,7 @@ def _settle(sweep: Sweep, name: str, k: int, where: Path) -> dict[str, Any]:
             raise KeyboardInterrupt
         else:
             raise VerifyFailed(f"verify run {name} seed {k} failed (exit {res['returncode']}); see {res['log']}")
-    elif not res.get("failed") and not math.isfinite(res["val_loss"]):
+    elif not res.get("failed") and not (isinstance(res["val_loss"], (int, float)) and math.isfinite(res["val_loss"])):
         res = res | {"diverged": True, "val_loss": None}
     return res
 

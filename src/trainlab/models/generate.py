@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from trainlab.errors import NonFiniteOutput
 from trainlab.models.gpt import GPT, KVCache
 
 
@@ -39,6 +40,13 @@ def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     drop_sorted[..., 0] = False
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
+
+
+def check_finite(logits: torch.Tensor) -> None:
+    """Raise NonFiniteOutput when a row of logits holds NaN or +inf, or nothing above -inf (a diverged model)."""
+    if bool(torch.isnan(logits).any() or torch.isposinf(logits).any() or not torch.isfinite(logits).any(-1).all()):
+        raise NonFiniteOutput("the model's outputs are not finite (its weights diverged): there is nothing to sample; "
+                              "`trainlab doctor` on the run says why")
 
 
 def process_logits(logits: torch.Tensor, seen: Optional[torch.Tensor], temperature: float, top_k: int,
@@ -77,6 +85,7 @@ def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int, temperature:
         else:
             logits = model(seq[:, -1:], cache)[:, -1, :]
         logits = process_logits(logits.float(), seq, temperature, top_k, top_p, repetition_penalty)
+        check_finite(logits)
         if temperature <= 0:
             nxt = logits.argmax(dim=-1, keepdim=True)
         else:

@@ -32,7 +32,7 @@ from trainlab.data import series
 from trainlab.data.prepare import EpochOrder
 from trainlab.errors import ConfigError, DataError, TrainlabError
 from trainlab.findings import Finding
-from trainlab.models.generate import apply_top_p
+from trainlab.models.generate import apply_top_p, check_finite
 from trainlab.tasks.base import Batch, Forward, GenerationRequest, LoadedRun, Reduce, Task, TokenMetrics, chunks
 from trainlab.tasks.series_tokenizer import SeriesConfig
 
@@ -352,7 +352,9 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.G
     if temperature <= 0:
         return logits.argmax(-1)
     # the nucleus as text generation cuts it: the most likely id always stays (top_p 0 is greedy)
-    probs = apply_top_p(logits.float() / temperature, top_p).softmax(-1)
+    logits = apply_top_p(logits.float() / temperature, top_p)
+    check_finite(logits)
+    probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=gen)[:, 0]
 
 

@@ -21,7 +21,7 @@ import torch
 
 from trainlab import hardware
 from trainlab.config import RunConfig
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, NonFiniteOutput
 from trainlab.monitor.sinks import Sinks
 from trainlab.tasks import task_class
 from trainlab.train import distributed, guards
@@ -320,7 +320,12 @@ class Trainer:
             self.model.train()
 
     def sample(self, n_tokens: int) -> Optional[dict[str, str]]:
-        return self.task.sample(self.model, n_tokens)
+        """A generation for samples.jsonl; none from a model whose outputs are no longer finite (a run with its
+        guards off that diverged), which the evaluation's loss and the doctor report."""
+        try:
+            return self.task.sample(self.model, n_tokens)
+        except NonFiniteOutput:
+            return None
 
     # -- the loop -------------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict:
