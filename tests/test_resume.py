@@ -36,3 +36,23 @@ def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path):
     assert events[-1]["kind"] == "interrupted"
     cli("train", *args, "--run-dir", str(run), "--resume")
     assert os.readlink(run / "checkpoints" / "last") == "step-00000150"
+
+
+def test_resuming_a_finished_run_writes_nothing_and_a_larger_budget_trains_on(tmp_path):
+    """--resume on a run whose budget is spent says so and leaves its files as they were (it had evaluated
+    again, appending a second validation row at the last step); with a larger budget it trains on."""
+    from conftest import cli, read_rows
+
+    def files(run):  # env.json says where and how the last command ran: rewritten on every start, by design
+        return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+                if p.is_file() and p.name not in ("env.json", ".lock")}
+
+    run = tmp_path / "run"
+    cli("train", "--preset", "tiny", "--set", "train.max_steps=5", "--run-dir", str(run))
+    before = files(run)
+    proc = cli("train", "--preset", "tiny", "--set", "train.max_steps=5", "--run-dir", str(run), "--resume")
+    assert "already finished at step 5" in proc.stdout + proc.stderr
+    assert files(run) == before
+    cli("train", "--preset", "tiny", "--set", "train.max_steps=8", "--run-dir", str(run), "--resume")
+    vals = [r["step"] for r in read_rows(run / "metrics.jsonl") if r["split"] == "val"]
+    assert vals[-2:] == [5, 8] and len(vals) == len(set(vals))
