@@ -152,3 +152,28 @@ def test_windows_line_ends_and_a_byte_order_mark_read_as_the_plain_text(tmp_path
     # JSON lines split by document: the very same ids
     a, b = prep(tmp_path / "plain.jsonl"), prep(lines)
     assert np.array_equal(a.train, b.train) and np.array_equal(a.val, b.val)
+
+
+def test_a_folder_of_one_document_splits_as_the_file_and_of_few_keeps_both_sides(tmp_path, plays):
+    """A folder holding one .txt file is split at its tail, as the file is (its one document had gone wholly to
+    one side, leaving the other empty); a folder of three documents, which the hash rule may leave without a
+    validation document, gives validation one whole document and training the rest."""
+    one = tmp_path / "one folder"
+    one.mkdir()
+    (one / "plays.txt").write_text(plays[:150_000], encoding="utf-8")
+    (tmp_path / "plays.txt").write_text(plays[:150_000], encoding="utf-8")
+
+    def prep(source):
+        return prepare(DataConfig(source=str(source), tokenizer="char", cache_dir=str(tmp_path / "cache")),
+                       seq_len=32, log=lambda s: None)
+
+    a, b = prep(one), prep(tmp_path / "plays.txt")
+    assert np.array_equal(a.train, b.train) and np.array_equal(a.val, b.val) and len(a.val) > 0
+    few = tmp_path / "few"
+    few.mkdir()
+    docs = [plays[i * 50_000:(i + 1) * 50_000] for i in range(3)]
+    for i, doc in enumerate(docs):
+        (few / f"{i}.txt").write_text(doc, encoding="utf-8")
+    c = prep(few)
+    val = c.tokenizer.decode(c.val.tolist())
+    assert len(c.train) > len(c.val) > 0 and sum(d in val for d in docs) == 1 and len(val) < 50_010

@@ -58,12 +58,15 @@ class Source:
     def __init__(self, cfg: DataConfig, cache_dir: Path):
         self.cfg = cfg
         self.stats = SourceStats()
+        self._val: Optional[set[Path]] = None  # a folder's validation documents, once known
         self.path = self._resolve(cfg.source, cache_dir)
         if self.path.is_dir():
             self.kind = "folder"
             self.files = sorted(p for p in self.path.rglob("*.txt") if p.is_file())
             if not self.files:
                 raise DataError(f"folder '{self.path}' holds no .txt files")
+            if len(self.files) == 1:  # one document: split it as a text file is split, at its tail
+                self.kind = "text"
         elif self.path.suffix == ".jsonl":
             self.kind = "jsonl"
             self.files = [self.path]
@@ -103,12 +106,26 @@ class Source:
         if self.kind == "text":
             yield from self._text_pieces(self.files[0], split)
         elif self.kind == "folder":
+            val = self._val_files()
             for f in self.files:
-                text = _read_utf8(f)
-                if text and _is_val(text, self.cfg.val_fraction) == (split == "val"):
-                    yield Piece(text, True)
+                if (f in val) == (split == "val"):
+                    text = _read_utf8(f)
+                    if text:
+                        yield Piece(text, True)
         else:
             yield from self._jsonl_pieces(split)
+
+    def _val_files(self) -> set[Path]:
+        """The folder's documents that go to validation: by a hash of each one's text, so a document's side never
+        changes; where that leaves a side empty (a few documents), the one with the lowest hash is validation's
+        and the rest training's."""
+        if self._val is None:
+            keys = {f: _val_key(_read_utf8(f)) for f in self.files}
+            val = {f for f, k in keys.items() if k < self.cfg.val_fraction * 10_000}
+            if not val or len(val) == len(self.files):
+                val = {min(self.files, key=lambda f: (keys[f], str(f)))}
+            self._val = val
+        return self._val
 
     def _text_pieces(self, path: Path, split: str) -> Iterator[Piece]:
         size = path.stat().st_size
@@ -156,8 +173,12 @@ class Source:
         self.stats = stats
 
 
+def _val_key(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8", "surrogatepass")) % 10_000
+
+
 def _is_val(text: str, fraction: float) -> bool:
-    return zlib.crc32(text.encode("utf-8", "surrogatepass")) % 10_000 < fraction * 10_000
+    return _val_key(text) < fraction * 10_000
 
 
 def _check_text_file(path: Path) -> None:
