@@ -144,6 +144,10 @@ CASES = {
                                ["doctor", "{root}/w.bin"], "known formats: trainlab, hf_trainer"),
     "doctor_text_without_a_log": ("doctor on text with no training log lines", {"notes.txt": "it went well\n"},
                                   ["doctor", "{root}/notes.txt"], "no training log lines"),
+    "doctor_on_a_folder_of_runs": ("doctor on a folder holding several runs (an ablate's)",
+                                   {f"sweep/runs/{v}/seed-0/run/{f}": "" for v in ("a", "b")
+                                    for f in ("metrics.jsonl", "config.yaml")},
+                                   ["doctor", "{root}/sweep"], "holds 2 trainlab runs, not one: give one of them"),
     "doctor_unknown_format": ("doctor --format with an unknown name", {}, ["doctor", "{root}/run", "--format", "csv"],
                               "the known formats are trainlab, hf_trainer"),
     "doctor_csv_without_step": ("doctor on a CSV that is not Lightning's", {"m.csv": "a,b\n1,2\n"},

@@ -366,3 +366,28 @@ def test_tensorboard_split_folders_with_one_tag_read_as_train_and_validation(tmp
     for key in [("loss",), ("loss", "val"), ("lr",)]:
         (s, v), (ws, wv) = got.col(*key), base.col(*key)
         assert np.array_equal(s, ws) and np.allclose(v, wv, rtol=1e-6), key
+
+
+def test_a_tensorboard_folder_of_several_runs_is_read_at_its_newest(tmp_path):
+    """Two runs under runs/ (the Trainer starts a runs/<date>/ folder each time, and add_scalars puts folders
+    under its writer's): the newest run is read, with its own add_scalars folders, and a note says so; before,
+    the curves of both were merged into one."""
+    import os
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    base = read(REPO / "tests" / "fixtures" / "doctor" / "corpus" / "pt-char-cosine" / "tb")
+    for name, scale, when in (("old", 2.0, 1_000_000_000), ("new", 1.0, 1_100_000_000)):
+        w = SummaryWriter(str(tmp_path / "runs" / name))
+        for r in base.train:
+            w.add_scalar("train/loss", r["loss"] * scale, r["step"])
+        for r in base.val:
+            w.add_scalars("Loss", {"val": r["loss"] * scale}, r["step"])
+        w.close()
+        for f in (tmp_path / "runs" / name).rglob("events.out.tfevents.*"):
+            os.utime(f, (when, when))
+    got = read(tmp_path)
+    for key in [("loss",), ("loss", "val")]:
+        (s, v), (ws, wv) = got.col(*key), base.col(*key)
+        assert np.array_equal(s, ws) and np.allclose(v, wv, rtol=1e-6), key
+    assert any("holds 2 TensorBoard runs; read the newest" in n for n in got.notes)

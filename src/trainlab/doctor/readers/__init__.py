@@ -62,6 +62,10 @@ def detect(path: Path) -> str:
             return "mlflow"
         if is_wandb(path):
             return "wandb"
+        nested = sorted(p.parent for p in path.rglob("metrics.jsonl") if (p.parent / "config.yaml").exists())
+        if len(nested) > 1:  # an ablate or tune folder, or a folder of experiments: which one is meant?
+            raise TrainlabError(f"'{path}' holds {len(nested)} trainlab runs, not one: give one of them, such as "
+                                f"'{nested[0]}' (`trainlab ablate --report` compares a sweep's runs)")
         if next(path.rglob("events.out.tfevents.*"), None) is not None:
             return "tensorboard"
         raise TrainlabError(f"'{path}' holds no run this doctor reads; known formats: {', '.join(FORMATS)} "

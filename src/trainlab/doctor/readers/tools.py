@@ -92,6 +92,21 @@ def read_lightning_csv(path: Path) -> RunSeries:
 SPLIT_FOLDERS = ("train", "training", "validation", "val", "valid", "eval", "test")
 
 
+def _tensorboard_runs(directory: Path, files: list[Path]) -> dict[Path, list[Path]]:
+    """Event files grouped by run. A folder is part of the run above it when it is a split's (train/,
+    validation/) or when the folder above holds events of its own (add_scalars' folders sit under their writer's)."""
+    def root(folder: Path) -> Path:
+        while folder != directory and (folder.name.lower() in SPLIT_FOLDERS
+                                       or next(folder.parent.glob("events.out.tfevents.*"), None) is not None):
+            folder = folder.parent
+        return folder
+
+    runs: dict[Path, list[Path]] = {}
+    for f in files:
+        runs.setdefault(root(f.parent), []).append(f)
+    return runs
+
+
 def _names_split(name: str) -> bool:
     parts = [p for p in re.split(r"[/_.\-\s]", name.lower()) if p]
     return bool(parts) and (parts[0] in SPLIT_FOLDERS or parts[-1] in SPLIT_FOLDERS)
@@ -112,6 +127,10 @@ def read_tensorboard(directory: Path) -> RunSeries:
     files = sorted(Path(directory).rglob("events.out.tfevents.*"))
     if not files:
         raise TrainlabError(f"'{directory}' holds no TensorBoard event files")
+    runs = _tensorboard_runs(Path(directory), files)
+    if len(runs) > 1:  # several runs (the Trainer's runs/<date>/ of each start, a folder of experiments): the newest
+        newest = max(runs, key=lambda r: max(f.stat().st_mtime for f in runs[r]))
+        files = runs[newest]
     for run in sorted({f.parent for f in files}):
         acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
         acc.Reload()
@@ -135,6 +154,9 @@ def read_tensorboard(directory: Path) -> RunSeries:
         for ev in events:
             merged.setdefault((split, int(ev.step)), {"step": int(ev.step)})[key] = float(ev.value)
     series = finish(RunSeries("tensorboard", Path(directory)), merged, f"'{directory}': its events hold no loss scalars")
+    if len(runs) > 1:
+        series.notes.append(f"'{directory}' holds {len(runs)} TensorBoard runs; read the newest, '{newest}' (give a "
+                            f"run's own folder to read another)")
     _trainer_texts(series, texts)
     lightning_hparams(series)
     return series
