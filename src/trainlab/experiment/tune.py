@@ -70,6 +70,18 @@ def trial_config(base: dict[str, Any], space: dict[str, Any], values: dict[str, 
     return build_config(tree)
 
 
+def check_space(base: dict[str, Any], space: dict[str, Any], space_path: Path) -> None:
+    """Bad keys or values fail here, before any trial: the space's fixed settings, and every value it can give
+    that the config refuses (each choice, each end of a range)."""
+    trial_config(base, space, {})
+    for key, spec in space["params"].items():
+        for value in spec["choices"] if "choices" in spec else (spec["low"], spec["high"]):
+            try:
+                trial_config(base, space, {key: value})
+            except ConfigError as err:
+                raise ConfigError(f"{space_path}: '{key}': the value {value!r} makes an invalid config: {err}") from None
+
+
 def open_storage(storage: Optional[str], out: Path):
     import optuna
     from optuna.storages import JournalStorage
@@ -91,13 +103,7 @@ def tune(space_path: Path, preset: Optional[str], config: Optional[Path], sets: 
 
     space = load_space(space_path)
     base = resolve(preset or (None if config else "shakespeare-char"), config, sets).to_dict()
-    trial_config(base, space, {})  # bad keys or values fail here, before any trial
-    for key, spec in space["params"].items():  # and so does a value the space can give that the config refuses
-        for value in spec["choices"] if "choices" in spec else (spec["low"], spec["high"]):
-            try:
-                trial_config(base, space, {key: value})
-            except ConfigError as err:
-                raise ConfigError(f"{space_path}: '{key}': the value {value!r} makes an invalid config: {err}") from None
+    check_space(base, space, space_path)
     made = not out.exists()
     try:
         store, where = open_storage(storage, out)
