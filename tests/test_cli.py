@@ -74,6 +74,12 @@ def test_generate_and_eval_on_a_finished_run(tiny_run, tmp_path):
     other.write_text("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n" * 40)
     out2 = json.loads(cli("eval", str(run), "--data", str(other)).stdout)
     assert out2["data"] == str(other) and out2["loss"] != out["loss"]
+    # a file of a few lines is evaluated whole: it needs a window in each split, not a tenth of it to hold one
+    short = tmp_path / "couplet.txt"
+    short.write_text("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n"
+                     "Rough winds do shake the darling buds of May,\nAnd summer's lease hath all too short a date;\n"
+                     "Sometime too hot the eye of heaven shines,\nAnd often is his gold complexion dimm'd;\n")
+    assert json.loads(cli("eval", str(run), "--data", str(short)).stdout)["loss"] > 0
 
 
 def test_existing_run_needs_resume_or_fresh(tiny_run):

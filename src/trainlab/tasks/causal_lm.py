@@ -47,6 +47,10 @@ def export_llama(run: LoadedRun, out: Path, chat_template: Optional[str] = None,
     write_llama_files(out, run.cfg.model, run.tokenizer, run.run_dir / "tokenizer.json", chat_template, stop_strings)
 
 
+# `eval --data`: the share of another file put in its validation split (the whole file is evaluated)
+EVAL_SPLIT = 0.45
+
+
 class TokenTask(Task):
     """Shared by the tasks that read a tokenized text corpus (causal LM, masked LM, SFT)."""
 
@@ -91,10 +95,12 @@ class TokenTask(Task):
 
     @classmethod
     def eval_config(cls, cfg: RunConfig, run_dir: Path, data_path: Optional[Path]) -> RunConfig:
-        """Another file is tokenized with the run's own tokenizer."""
+        """Another file is tokenized with the run's own tokenizer. The whole file is evaluated (both splits, put
+        together), so its split only has to leave a window on each side: near halves, not a tenth for validation."""
         if data_path is None:
             return cfg
-        return cfg.updated({"data": {"source": str(data_path), "tokenizer": str(Path(run_dir) / "tokenizer.json")}})
+        return cfg.updated({"data": {"source": str(data_path), "tokenizer": str(Path(run_dir) / "tokenizer.json"),
+                                     "val_fraction": EVAL_SPLIT}})
 
 
 class CausalLM(TokenTask):
