@@ -128,7 +128,7 @@ CASES = {
                           "is not a run directory"),
     "init_from_other_shape": ("init_from a run of another shape", {},
                               [*TINY, "--set", "init_from={root}/run", "--set", "model.d_model=64", *NEW],
-                              "do not fit this model's shape"),
+                              "do not fit this model's shape; blocks.0.attn.o_proj.weight is [32, 32] there and [64, 64] here"),
     "generate_missing_run": ("generate from a run that does not exist", {}, ["generate", "{root}/nope"],
                              "does not exist"),
     "generate_bad_top_p": ("generate with --top-p 1.5", {}, ["generate", "{root}/run", "--top-p", "1.5"],

@@ -77,11 +77,12 @@ def load(run_dir: Path, data_path: Optional[Path] = None, columns: Optional[dict
 
 def check_horizon(data, steps: int, what: str = "--horizon") -> None:
     """A path is decoded with the candle at its origin, through the tokenizer's decoder, which reads at most
-    series.window candles at once: so at most window - 1 steps ahead."""
-    window = data.tokenizer.s.window
-    if steps >= window:
-        raise TrainlabError(f"{what} {steps}: this forecaster's tokenizer decodes windows of {window} candles "
-                            f"(series.window), so it forecasts at most {window - 1} steps ahead")
+    lookback + pred_len candles at once (its series config's `window`): so at most window - 1 steps ahead."""
+    s = data.tokenizer.s
+    if steps >= s.window:
+        raise TrainlabError(f"{what} {steps}: this forecaster's tokenizer decodes windows of {s.window} candles "
+                            f"(its series.lookback {s.lookback} + series.pred_len {s.pred_len}), so it forecasts at "
+                            f"most {s.window - 1} steps ahead")
 
 
 def parse_columns(text: Optional[str]) -> dict[str, str]:

@@ -188,7 +188,8 @@ def _open_trainer(cfg: RunConfig, data, run_dir: Path, resume: bool, init_weight
                             "data_cache": str(getattr(data, "directory", "")), "world_size": dist.world})
     distributed.barrier(dist)
     log(f"run {run_dir} | {cfg.task} | {trainer.model.num_params() / 1e6:.2f}M parameters | device "
-        f"{trainer.device} | precision {trainer.precision} | vocab {cfg.model.vocab_size}")
+        f"{trainer.device} | precision {trainer.precision}"
+        + (f" | vocab {cfg.model.vocab_size}" if cfg.model.vocab_size else ""))
     log(f"{trainer.task.describe()} | effective batch "
         f"{cfg.train.batch_size} x {cfg.train.grad_accum} x {trainer.task.tokens_per_example:g}"
         + (f" x {dist.world} processes" if dist.active else "") + f" = {trainer.tokens_per_step:,} tokens/step")
@@ -203,8 +204,21 @@ def _load_init(trainer: Trainer, cfg: RunConfig, weights: dict) -> None:
         if any(".q_norm." in k for k in weights) != cfg.model.qk_norm:
             hint = f"; set model.qk_norm={str(not cfg.model.qk_norm).lower()} as its source has"
         from trainlab.models.gpt import init_hint  # n_kv_head, moe.shared_gate
-        hint = hint or init_hint(weights, cfg.model)
+        hint = hint or init_hint(weights, cfg.model) or _first_difference(
+            weights, {k: v for k, v in trainer.model.state_dict().items() if k not in trainer.model.tied_keys()})
         raise ConfigError(f"init_from '{cfg.init_from}': its weights do not fit this model's shape{hint}") from None
+
+
+def _first_difference(theirs: dict, ours: dict) -> str:
+    """Where two state dicts first differ, as a hint: a weight of another shape, or one only one side has."""
+    for key, value in theirs.items():
+        if key in ours and tuple(value.shape) != tuple(ours[key].shape):
+            return f"; {key} is {list(value.shape)} there and {list(ours[key].shape)} here"
+    extra = [k for k in theirs if k not in ours]
+    missing = [k for k in ours if k not in theirs]
+    if extra:
+        return f"; it has {extra[0]}, which this model lacks"
+    return f"; it lacks this model's {missing[0]}" if missing else ""
 
 
 def load_init_weights(source: str) -> dict:
