@@ -9,6 +9,11 @@ from typing import Any, Sequence
 import numpy as np
 
 
+def finite_number(value: Any) -> bool:
+    """A real, finite number (a loss read back from JSON may be None, or NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def describe(values: Sequence[float]) -> dict[str, Any]:
     """Mean, sample std, and a 95% t-interval for the mean (a point when there is one value)."""
     from scipy import stats

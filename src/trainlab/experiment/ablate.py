@@ -31,6 +31,7 @@ from trainlab.config import RunConfig, load_yaml, set_dotted
 from trainlab.errors import ConfigError
 from trainlab.files import atomic_write
 from trainlab.presets import build_config, resolve
+from trainlab.stats import finite_number
 
 BUDGET_KEYS = {"tokens": "train.max_tokens", "steps": "train.max_steps", "seconds": "train.max_seconds"}
 
@@ -166,8 +167,7 @@ def run_one(sweep: Sweep, name: str, k: int, where: Path) -> dict[str, Any]:
         return {"variant": name, "seed": k, "failed": True, "returncode": proc.returncode,
                 "log": str(where / "train.log")}
     result = summarise_run(run) | {"variant": name, "seed": k, "seed_value": cfg.train.seed}
-    loss = result["val_loss"]
-    if not (isinstance(loss, (int, float)) and math.isfinite(loss)):  # it ended on a NaN (its guards were off)
+    if not finite_number(result["val_loss"]):  # it ended on a NaN (its guards were off)
         result |= {"val_loss": None, "failed": True, "diverged": True, "returncode": 0, "log": str(where / "train.log")}
     atomic_write(done, json.dumps(result, indent=1))
     return result

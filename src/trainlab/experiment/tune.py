@@ -9,7 +9,6 @@ finished trials is capped at --trials across all of them.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +18,7 @@ from trainlab.config import RunConfig, load_yaml, set_dotted
 from trainlab.presets import build_config, config_class, resolve
 from trainlab.errors import ConfigError
 from trainlab.experiment.ablate import BUDGET_KEYS, set_budget
+from trainlab.stats import finite_number
 
 
 def load_space(path: Path) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def load_space(path: Path) -> dict[str, Any]:
                 raise ConfigError(f"{path}: '{key}': choices must be a non-empty list")
             continue
         low, high = spec["low"], spec["high"]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+        if not all(finite_number(v) for v in (low, high)):
             raise ConfigError(f"{path}: '{key}': low and high must be finite numbers (got {low!r} and {high!r})")
         if not low < high:
             raise ConfigError(f"{path}: '{key}': low must be below high")

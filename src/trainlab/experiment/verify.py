@@ -21,7 +21,6 @@ interrupted one resumes from its checkpoint, so running the same command again c
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,8 @@ from trainlab.errors import TrainlabError
 from trainlab.experiment.ablate import (Sweep, aggregate, run_dirs, run_one, usable_cores, variant_config,
                                         write_results)
 from trainlab.files import atomic_write
+from trainlab.monitor.sinks import read_jsonl
+from trainlab.stats import finite_number
 
 DEFAULT_BUDGET = ("seconds", 20.0)
 DEFAULT_SEEDS = 3
@@ -116,17 +117,8 @@ def compare(baseline: Sequence[Optional[float]], fixed: Sequence[Optional[float]
 
 def _val_losses(run: Path) -> list[float]:
     """The finite validation losses a run recorded (at initialisation too, where its task evaluates then)."""
-    out = []
-    path = run / "metrics.jsonl"
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        loss = row.get("loss") if isinstance(row, dict) and row.get("split") == "val" else None
-        if isinstance(loss, (int, float)) and math.isfinite(loss):
-            out.append(float(loss))
-    return out
+    losses = [row.get("loss") for row in read_jsonl(run / "metrics.jsonl") if row.get("split") == "val"]
+    return [float(v) for v in losses if finite_number(v)]
 
 
 def _diverged(run: Path) -> bool:
@@ -147,7 +139,7 @@ def _settle(sweep: Sweep, name: str, k: int, where: Path) -> dict[str, Any]:
             raise KeyboardInterrupt
         else:
             raise VerifyFailed(f"verify run {name} seed {k} failed (exit {res['returncode']}); see {res['log']}")
-    elif not res.get("failed") and not (isinstance(res["val_loss"], (int, float)) and math.isfinite(res["val_loss"])):
+    elif not res.get("failed") and not finite_number(res["val_loss"]):
         res = res | {"diverged": True, "val_loss": None}
     return res
 

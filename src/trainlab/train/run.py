@@ -204,8 +204,7 @@ def _load_init(trainer: Trainer, cfg: RunConfig, weights: dict) -> None:
         if any(".q_norm." in k for k in weights) != cfg.model.qk_norm:
             hint = f"; set model.qk_norm={str(not cfg.model.qk_norm).lower()} as its source has"
         from trainlab.models.gpt import init_hint  # n_kv_head, moe.shared_gate
-        hint = hint or init_hint(weights, cfg.model) or _first_difference(
-            weights, {k: v for k, v in trainer.model.state_dict().items() if k not in trainer.model.tied_keys()})
+        hint = hint or init_hint(weights, cfg.model) or _first_difference(weights, trainer.model.trainable_state())
         raise ConfigError(f"init_from '{cfg.init_from}': its weights do not fit this model's shape{hint}") from None
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import math
 import signal
 import time
@@ -23,7 +22,7 @@ import torch
 from trainlab import hardware
 from trainlab.config import RunConfig
 from trainlab.errors import ConfigError, NonFiniteOutput
-from trainlab.monitor.sinks import Sinks
+from trainlab.monitor.sinks import Sinks, read_jsonl
 from trainlab.tasks import task_class
 from trainlab.train import distributed, guards
 from trainlab.train.budget import Pace, StepSize, total_steps
@@ -74,19 +73,6 @@ def val_summary(val: dict[str, float]) -> str:
     if "mse" in val:  # a series tokenizer: reconstruction against the uniform-quantisation baseline
         text += f" | mse {val['mse']:.4f} (uniform quantisation {val['mse_uniform']:.4f})"
     return text + (f" | acc {val['acc']:.3f}" if "acc" in val else "")
-
-
-def _last_val_row(path: Path) -> Optional[dict[str, Any]]:
-    """The last validation row of a run's metrics.jsonl (None without one)."""
-    last = None
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        if isinstance(row, dict) and row.get("split") == "val":
-            last = row
-    return last
 
 
 class Trainer:
@@ -361,7 +347,7 @@ class Trainer:
     def fit(self, resumed: bool = False) -> dict[str, Any]:
         """Train until a budget is spent, early stopping or the tuner stops it, or a signal arrives."""
         if resumed and self.budget_done():  # resumed at its end: its last evaluation is in the log already
-            last = _last_val_row(self.run_dir / "metrics.jsonl")
+            last = next((r for r in reversed(read_jsonl(self.run_dir / "metrics.jsonl")) if r.get("split") == "val"), None)
             if last is not None and last.get("step") == self.progress.step:
                 if self.dist.main:
                     self.log(f"the run already finished at step {self.progress.step} (its budget is spent); raise "

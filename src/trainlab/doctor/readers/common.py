@@ -25,6 +25,17 @@ VAL_PREFIXES = ("val", "valid", "validation", "eval", "test")
 TRAIN_PREFIXES = ("train", "training")
 
 
+def name_parts(name: str) -> list[str]:
+    """A metric name's words: 'Loss/train' -> ['loss', 'train'], 'val_loss_epoch' -> ['val', 'loss', 'epoch']."""
+    return [p for p in re.split(r"[/_.\-\s]", name.lower()) if p]
+
+
+def names_split(name: str) -> bool:
+    """The name says its split, first or last ('val_loss', 'Loss/train')."""
+    parts = name_parts(name)
+    return bool(parts) and (parts[0] in VAL_PREFIXES + TRAIN_PREFIXES or parts[-1] in VAL_PREFIXES + TRAIN_PREFIXES)
+
+
 def classify(name: str) -> Optional[tuple[str, str]]:
     """('train' | 'val', trainlab key) for a metric name such as 'val_loss', 'eval/loss', 'train_loss_step',
     'lr-AdamW', 'train/learning_rate', or with the split last, as PyTorch's TensorBoard tutorial writes it
@@ -32,7 +43,7 @@ def classify(name: str) -> Optional[tuple[str, str]]:
     low = name.strip().lower()
     if low.startswith(("lr-", "lr_", "lr/")) or low in ("lr", "learning_rate"):
         return ("train", "lr")  # Lightning's LearningRateMonitor: lr-AdamW, lr-AdamW/pg1
-    parts = [p for p in re.split(r"[/_.\-\s]", low) if p]
+    parts = name_parts(low)
     if not parts:
         return None
     split = "train"

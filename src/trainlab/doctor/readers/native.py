@@ -8,31 +8,18 @@ from typing import Any
 
 from trainlab.doctor.series import RunSeries
 from trainlab.errors import TrainlabError
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if not path.exists():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+from trainlab.monitor.sinks import read_jsonl
 
 
 def read_trainlab(run_dir: Path) -> RunSeries:
-    rows = _jsonl(run_dir / "metrics.jsonl")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     if not rows:
         raise TrainlabError(f"'{run_dir / 'metrics.jsonl'}' holds no metrics yet")
     series = RunSeries("trainlab", run_dir,
                        train=[r for r in rows if r.get("split") == "train"],
                        val=[r for r in rows if r.get("split") == "val"],
                        events=[r for r in rows if r.get("split") == "event"],
-                       samples=_jsonl(run_dir / "samples.jsonl"))
+                       samples=read_jsonl(run_dir / "samples.jsonl"))
     env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").exists() else {}
     series.facts.update(_trainlab_facts(run_dir, env))
     series.facts["tokens_seen"] = max((r.get("tokens", 0) for r in rows), default=0)

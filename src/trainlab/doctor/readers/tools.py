@@ -4,10 +4,10 @@ TensorBoard event directories."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-from trainlab.doctor.readers.common import classify, csv_rows, finish, lr_facts, stated_facts, unmask_nonfinite
+from trainlab.doctor.readers.common import (TRAIN_PREFIXES, VAL_PREFIXES, classify, csv_rows, finish, lr_facts,
+                                            names_split, stated_facts, unmask_nonfinite)
 from trainlab.doctor.series import RunSeries
 from trainlab.doctor.vocabulary import _training_args, json_beside
 from trainlab.errors import TrainlabError
@@ -89,7 +89,8 @@ def read_lightning_csv(path: Path) -> RunSeries:
 # TensorBoard
 
 
-SPLIT_FOLDERS = ("train", "training", "validation", "val", "valid", "eval", "test")
+# folders named for a split (Keras writes train/ and validation/): the split words metric names use
+SPLIT_FOLDERS = TRAIN_PREFIXES + VAL_PREFIXES
 
 
 def _tensorboard_runs(directory: Path, files: list[Path]) -> dict[Path, list[Path]]:
@@ -105,11 +106,6 @@ def _tensorboard_runs(directory: Path, files: list[Path]) -> dict[Path, list[Pat
     for f in files:
         runs.setdefault(root(f.parent), []).append(f)
     return runs
-
-
-def _names_split(name: str) -> bool:
-    parts = [p for p in re.split(r"[/_.\-\s]", name.lower()) if p]
-    return bool(parts) and (parts[0] in SPLIT_FOLDERS or parts[-1] in SPLIT_FOLDERS)
 
 
 def _scalars_name(tag: str, folder: str) -> str:
@@ -136,7 +132,7 @@ def read_tensorboard(directory: Path) -> RunSeries:
         acc.Reload()
         for tag in acc.Tags().get("scalars", []):
             name = _scalars_name(tag, run.name)
-            if run != Path(directory) and run.name.lower() in SPLIT_FOLDERS and not _names_split(name):
+            if run != Path(directory) and run.name.lower() in SPLIT_FOLDERS and not names_split(name):
                 name = f"{run.name}/{name}"  # Keras, or two SummaryWriters: train/ and validation/ folders, one tag
             kind = classify(name)
             if not kind:
