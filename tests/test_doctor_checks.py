@@ -207,3 +207,21 @@ def test_a_plateau_advice_in_the_trainers_names():
     f = Finding("plateau", "medium", "e", "r", {"schedule.name": "wsd", "schedule.min_lr_ratio": 0.1})
     localize([f], RunSeries("hf_trainer", Path("/nonexistent/trainer_state.json")))
     assert f.suggested_overrides == {} and f.suggested_changes["lr_scheduler_type"] == "warmup_stable_decay"
+
+
+def test_a_jump_while_the_lr_warms_up_blames_the_peak_lr(tmp_path):
+    """The golden healthy run warms up over 30 steps. One training loss within that warmup (step 10) made 2x its
+    lowest so far is lr_too_high, with the step, the lr there and the ratio; the same jump after the warmup is
+    a single spike, which lr_too_high does not take for a cause; and a jump 1.3x stays silent."""
+    def jump(step: int, factor: float):
+        run = _copy(tmp_path / f"{step}-{factor}")
+        _edit_rows(run, lambda row, i: row.update(loss=row["loss"] * factor) if row["step"] == step else None)
+        return _ids(run)
+
+    found = jump(10, 2.0)["lr_too_high"]
+    assert "while the lr was still warming up" in found.evidence and "at step 10" in found.evidence
+    assert found.severity == "medium"  # the run trained on past it: the symptom, not lasting harm
+    assert found.suggested_overrides["optim.lr"] < 0.01
+    assert "lr_too_high" not in jump(100, 2.0)
+    assert "lr_too_high" not in jump(10, 1.3)
+    assert "lr_too_high" not in _ids(_copy(tmp_path / "unchanged"))

@@ -160,31 +160,64 @@ def _stalled_words(c: Curves, stall: float) -> str:
     return moved + (": it dropped to a plateau and stayed" if stall >= 0 else ": it never settled")
 
 
+# a loss that jumps to this multiple of its lowest so far while the lr is still warming up
+WARMUP_JUMP = 1.5
+
+
+def _warmup_jump(c: Curves, warm: int) -> Optional[tuple[int, float, float]]:
+    """(step, loss, lowest before it) of the first training loss within the warmup that jumped to WARMUP_JUMP x
+    the lowest logged before it and above where the run started. A warmup exists so that the early, poorly
+    estimated updates stay small; a loss that blows up while the lr is still below its peak says that a
+    fraction of the peak already overshoots, so the peak is too high and a longer warmup would not save it.
+    A mean over a logging window (the Trainer's) can hide a one-step jump; a per-step log shows it."""
+    for i in range(1, c.n):
+        if c.tsteps[i] > warm:
+            break
+        low = float(c.loss[:i].min())
+        if low > 0 and c.loss[i] >= WARMUP_JUMP * low and c.loss[i] > c.loss[0]:
+            return int(c.tsteps[i]), float(c.loss[i]), low
+    return None
+
+
+def _lr_at(c: Curves, step: int) -> Optional[float]:
+    if not len(c.lr):
+        return None
+    return float(c.lr[min(int(np.searchsorted(c.lsteps, step)), len(c.lr) - 1)])
+
+
+def _rose_back(c: Curves, warm: int) -> tuple[bool, int, float, float]:
+    """(whether, step of the best, rebound, drop): after falling, the smoothed training loss climbed back by a
+    quarter of its drop and beyond its own noise (a fine-tune whose loss barely moves "climbs back" by noise
+    alone: its drop is as small as the scatter)."""
+    best_i = int(np.argmin(c.sm))
+    rebound = c.final() - float(c.sm[best_i])
+    drop = c.initial() - float(c.sm[best_i])
+    noise = float(np.std(c.loss - c.sm)) / math.sqrt(c.window)
+    return drop > 0 and rebound > max(0.25 * drop, 3 * noise) and c.tsteps[best_i] > warm, int(c.tsteps[best_i]), rebound, drop
+
+
 def lr_too_high(c: Curves) -> Optional[Finding]:
-    """After warmup the loss climbs back up, spikes repeatedly, or the guards must step in."""
+    """The loss jumps while the lr warms up; after warmup it climbs back up, spikes repeatedly, or the guards
+    must step in; or it stalls at a rate far above the usual range."""
     if c.n < 10:
         return None
     warm = c.s.fact("warmup_steps", 0) or 0
     after = c.tsteps > warm
     if after.sum() < 5:
         return None
-    best_i = int(np.argmin(c.sm))
-    rebound = c.final() - float(c.sm[best_i])
-    drop = c.initial() - float(c.sm[best_i])
-    # a rebound counts when it is a quarter of the drop and beyond the smoothed loss's own noise (a fine-tune
-    # whose loss barely moves "climbs back" by noise alone: its drop is as small as the scatter)
-    noise = float(np.std(c.loss - c.sm)) / math.sqrt(c.window)
-    rose_back = drop > 0 and rebound > max(0.25 * drop, 3 * noise) and c.tsteps[best_i] > warm
+    rose_back, best_step, rebound, drop = _rose_back(c, warm)
     spikes = c.spikes(1.5, start=int(np.argmax(after)))
     rollbacks = [e for e in c.s.events if e.get("kind") in ("rollback", "spike_skip", "nonfinite_skip")
                  and e.get("step", 0) > warm]
     many_spikes = len(spikes) >= max(3, int(0.03 * after.sum()))
-    # a spike (1.5x the running median) or a rebound of the smoothed loss means something only when the
+    jump = _warmup_jump(c, warm) if warm else None
+    # a spike (1.5x the running median), a jump or a rebound of the smoothed loss means something only when the
     # step-to-step scatter is well below that margin: a regression on heavy-tailed targets scatters 35-110%
     # of its loss from batch to batch (language models in the corpus: 1-4%), and its noise is neither
     scatter = _scatter(c)
     if scatter is not None and scatter >= 0.25:
         rose_back = many_spikes = False
+        jump = None
     stall = _improvement_after(c, 0.1)
     wsteps, wn = c.s.col("weight_norm")
     growth, ratio = _weight_growth(c), _update_ratio(c)
@@ -192,10 +225,14 @@ def lr_too_high(c: Curves) -> Optional[Finding]:
     # a stall at a rate outside the usual range: Adam-family optimisers train small transformers at peak
     # rates of about 1e-4 to 1e-2; far above that the loss drops to a plateau within warmup and stays
     stalled = c.peak_lr is not None and c.peak_lr >= STALL_LR and stall < STALL
-    if not (rose_back or many_spikes or oversized or stalled or len(rollbacks) >= 2
-            or (c.nonfinite and c.tsteps[0] > warm)):
+    lasting = rose_back or many_spikes or oversized or stalled or len(rollbacks) >= 2 or (c.nonfinite and c.tsteps[0] > warm)
+    if not (lasting or jump):
         return None
     ev = []
+    if jump:
+        at = _lr_at(c, jump[0])
+        ev.append(f"while the lr was still warming up{f' (at {fmt(at)})' if at else ''} the training loss jumped to "
+                  f"{fmt(jump[1])} at step {jump[0]}, {jump[1] / jump[2]:.1f}x its lowest so far ({fmt(jump[2])})")
     if stalled and not oversized:
         ev.append(f"peak lr {fmt(c.peak_lr)} is above the usual range for Adam on small transformers (1e-4 to 1e-2), "
                   f"and after the first tenth of the run the smoothed training loss {_stalled_words(c, stall)}")
@@ -205,19 +242,24 @@ def lr_too_high(c: Curves) -> Optional[Finding]:
                   f"that by step {at})" + (f" with a median update-to-weight ratio of {fmt(ratio)} per step" if ratio else "")
                   + f", and the training loss stalled at {fmt(c.final())}")
     if rose_back:
-        ev.append(f"after falling to {fmt(float(c.sm[best_i]))} at step {int(c.tsteps[best_i])} the smoothed training "
+        ev.append(f"after falling to {fmt(c.final() - rebound)} at step {best_step} the smoothed training "
                   f"loss climbed back to {fmt(c.final())} ({rebound / drop:.0%} of what it had gained)")
     if many_spikes:
         ev.append(f"{len(spikes)} loss spikes above 1.5x the running median after warmup (first at step {spikes[0]})")
     if rollbacks:
         ev.append(f"{len(rollbacks)} guard interventions (skipped steps or rollbacks) after warmup")
+    if c.peak_lr and not stalled:
+        ev.append(f"peak lr {fmt(c.peak_lr)}")
+    # a warmup jump the run then trained past shows the symptom more than the harm: medium
+    return _lr_too_high_finding(c, "high" if lasting or stall < STALL else "medium", ev, best_step)
+
+
+def _lr_too_high_finding(c: Curves, severity: str, ev: list[str], best_step: int) -> Finding:
     lr = c.peak_lr
-    if lr and not stalled:
-        ev.append(f"peak lr {fmt(lr)}")
-    return Finding("lr_too_high", "high", "; ".join(ev) + ".",
+    return Finding("lr_too_high", severity, "; ".join(ev) + ".",
                    "The learning rate is too high for this model and batch: the updates are too large for the weights' scale, so they overshoot, inflate the weights and stall or undo progress. "
                    "Divide it by 3 to 10 (or run `trainlab lr-find` and take its suggestion).",
-                   {"optim.lr": _round_lr(lr / 5)} if lr else {}, {"rebound_from_step": int(c.tsteps[best_i])})
+                   {"optim.lr": _round_lr(lr / 5)} if lr else {}, {"rebound_from_step": best_step})
 
 
 def no_warmup_instability(c: Curves) -> Optional[Finding]:
