@@ -119,7 +119,11 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, fresh: bool = Fal
     if not dist.main:
         log = lambda s: None  # noqa: E731
     try:
-        return _train(cfg, Path(run_dir), resume, fresh, log, on_eval, dist)
+        result = _train(cfg, Path(run_dir), resume, fresh, log, on_eval, dist)
+        # all leave together: a process that tears gloo down while rank 0 still writes its last files can
+        # abort ("terminate called without an active exception") and fail a finished job
+        distributed.barrier(dist)
+        return result
     finally:
         distributed.shutdown(dist)
 
