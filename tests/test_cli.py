@@ -143,3 +143,20 @@ def test_the_tests_fork_server_runs_the_cli_as_a_fresh_interpreter_does(tmp_path
             for s in "01"]
     assert rows[0] == rows[1] and len(rows[0]) >= 6
     assert sorted(p.name for p in (tmp_path / "r0").iterdir()) == sorted(p.name for p in (tmp_path / "r1").iterdir())
+
+
+def test_a_folder_of_other_files_is_foreign_but_hidden_files_and_run_entries_are_not(tmp_path):
+    from trainlab.rundir import is_foreign
+
+    assert not is_foreign(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    assert not is_foreign(tmp_path / "empty")
+    (tmp_path / "mac").mkdir()
+    (tmp_path / "mac" / ".DS_Store").write_text("x")
+    (tmp_path / "mac" / ".gitkeep").write_text("")
+    assert not is_foreign(tmp_path / "mac")
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("x")
+    assert is_foreign(tmp_path / "project")
+    (tmp_path / "project" / "metrics.jsonl").write_text("")
+    assert not is_foreign(tmp_path / "project")

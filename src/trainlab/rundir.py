@@ -31,11 +31,12 @@ def holds_run(run_dir: Path) -> bool:
 
 
 def is_foreign(run_dir: Path) -> bool:
-    """A non-empty folder holding none of a run directory's entries (another tool's output, a typo)."""
+    """A folder holding files but none of a run directory's entries (another tool's output, a project folder).
+    Hidden files (.DS_Store, .gitkeep) do not count: a folder a file manager or git touched is still empty."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return False
-    names = {p.name for p in run_dir.iterdir()}
+    names = {p.name for p in run_dir.iterdir() if not p.name.startswith(".")}
     return bool(names) and not names & set(ENTRIES) and not any(n.startswith("reconstruction-") for n in names)
 
 

@@ -82,9 +82,9 @@ def prepare_run_dir(run_dir: Path, resume: bool, fresh: bool) -> None:
     continue and otherwise starts; it refuses only a folder that is not a run directory at all."""
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainlabError(f"--run-dir '{run_dir}' is a file; give a directory")
-    if resume and is_foreign(run_dir):
-        raise TrainlabError(f"--resume given but '{run_dir}' holds files that are not a trainlab run; "
-                            f"give another --run-dir")
+    if is_foreign(run_dir):  # a run written among another tool's output or a project's files mixes the two
+        raise TrainlabError(f"{'--resume given but ' if resume else ''}'{run_dir}' holds files that are not a "
+                            f"trainlab run; give an empty or new --run-dir")
     if holds_run(run_dir) and not (resume or fresh):
         raise TrainlabError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it "
                             f"or --fresh to start over")
