@@ -156,18 +156,22 @@ def lr_find(preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG, set
     import time
 
     from trainlab.presets import resolve
-    from trainlab.experiment.lr_find import lr_range_test
+    from trainlab.experiment.lr_find import check_out, lr_range_test
     from trainlab.tasks import prepared
 
     if not 0 < start < end:
         raise TrainlabError(f"--start ({start}) must be above 0 and below --end ({end})")
+    out = out or Path("runs") / f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_out(out)
     chosen = preset or (None if config else "shakespeare-char")
     cfg = resolve(chosen, config, list(set_ or []))
     cfg, data = prepared(cfg)
-    out = out or Path("runs") / f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}"
     result = lr_range_test(cfg, data, out, start=start, end=end, steps=steps)
     print(f"{result['steps']} steps{' (stopped at divergence)' if result['stopped_early'] else ''}: "
           f"lowest smoothed loss at lr {result['min_loss_lr']:.2e}, steepest fall at {result['steepest_lr']:.2e}")
+    if result["min_at_end"]:
+        print(f"note: the smoothed loss was still falling at --end ({end:g}), so the range never reached the rates "
+              f"where it rises: the suggestion is a floor; raise --end to find the real one")
     print(f"suggested optim.lr = {result['suggested_lr']:.2e}  (plot: {out / 'lr_find.png'})")
     base = (["--preset", chosen] if chosen else []) + (["--config", str(config)] if config else [])
     kept = [s for s in (set_ or []) if not s.startswith("optim.lr=")]

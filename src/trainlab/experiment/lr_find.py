@@ -17,6 +17,23 @@ from trainlab.config import RunConfig
 from trainlab.presets import build_config
 
 
+OUTPUTS = ("lr_find.json", "lr_find.png")
+
+
+def check_out(out_dir: Path) -> None:
+    """An --out that holds anything but an earlier range test's files is refused: the test would write among
+    them (a run directory, a project folder). An earlier test's files are replaced."""
+    from trainlab.errors import TrainlabError
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainlabError(f"--out '{out_dir}' is a file; give a directory")
+    other = sorted(p.name for p in out_dir.iterdir() if p.name not in OUTPUTS) if out_dir.is_dir() else []
+    if other:
+        raise TrainlabError(f"--out '{out_dir}' already holds files other than an LR range test's "
+                            f"({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); "
+                            f"give a new or empty folder")
+
+
 def lr_range_test(cfg: RunConfig, data, out_dir: Path, start: float = 1e-6, end: float = 1.0, steps: int = 100,
                   beta: float = 0.9, diverge: float = 4.0, log: Callable[[str], None] = print) -> dict[str, Any]:
     from trainlab.train.trainer import Trainer
@@ -49,7 +66,9 @@ def lr_range_test(cfg: RunConfig, data, out_dir: Path, start: float = 1e-6, end:
     i_steep = (1 + min(range(len(slopes)), key=slopes.__getitem__)) if slopes else i_min
     result = {"lrs": lrs, "losses": losses, "smoothed": smoothed, "min_loss_lr": lrs[i_min],
               "steepest_lr": lrs[i_steep], "suggested_lr": lrs[i_min] / 10,
-              "stopped_early": len(lrs) < steps, "steps": len(lrs)}
+              "stopped_early": len(lrs) < steps, "steps": len(lrs),
+              # still falling at the last rate tried: the minimum lies beyond --end, and the suggestion is a floor
+              "min_at_end": i_min == len(lrs) - 1 and len(lrs) == steps}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "lr_find.json").write_text(json.dumps(result, indent=1))
     plot(result, out_dir / "lr_find.png")
