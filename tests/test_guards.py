@@ -88,6 +88,23 @@ def test_isolated_nan_steps_are_skipped_and_logged(tmp_path, monkeypatch):
     assert all(r["loss"] is not None and math.isfinite(r["loss"]) for r in train if r["step"] not in (31, 71))
 
 
+def test_with_skip_nonfinite_off_a_nan_step_is_applied_and_logged_as_applied(tmp_path, monkeypatch):
+    watch: dict = {}
+    result, rows = train_with_faults(tmp_path, monkeypatch, "applied", nan_steps=(30,), watch=watch,
+                                     extra=["guard.skip_nonfinite=false", "train.max_steps=40"])
+    before, after, out = watch[30]
+    assert not out["finite"] and not out["skipped"] and not same(before, after)  # the NaN step did reach the weights
+    assert not events(rows, "nonfinite_skip")
+    applied = events(rows, "nonfinite_step")
+    # the NaN weights make the next steps non-finite too, until guard.max_nonfinite (3) rolls the run back
+    assert [e["step"] for e in applied] == [31, 32, 33]
+    assert all("step applied (guard.skip_nonfinite is off)" in e["detail"] and "skipped" not in e["detail"]
+               for e in applied)
+    [back] = events(rows, "rollback")
+    assert "rolled back to step 25" in back["detail"]
+    assert result["step"] == 40 and math.isfinite(result["val"]["loss"])
+
+
 def test_spike_and_repeated_nans_roll_back_and_the_run_recovers(tmp_path, monkeypatch):
     longer = ["train.max_steps=300"]
     clean, clean_rows = train_with_faults(tmp_path, monkeypatch, "clean", extra=longer)

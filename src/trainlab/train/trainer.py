@@ -241,7 +241,7 @@ class Trainer:
         self.progress.step += 1
         self.progress.tokens += self.tokens_per_step
         return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "clipped": clipped,
-                "finite": finite, "spike": spike, "overflow": overflow, "data_s": data_s, **extra,
+                "finite": finite, "spike": spike, "overflow": overflow, "skipped": skipped, "data_s": data_s, **extra,
                 "components": {name: float(value) for name, value in parts.items()}}
 
     def _set_lr(self, lr: Optional[float]) -> float:
@@ -409,9 +409,11 @@ class Trainer:
     def _guard(self, out: dict[str, Any], sinks: Sinks, window: Window) -> bool:
         """A skipped step: say so, and roll back when the guards ask for it (True when it did)."""
         what = "loss spike" if out["spike"] else "non-finite loss or gradient"
-        sinks.emit(self.row("event", kind="spike_skip" if out["spike"] else "nonfinite_skip",
-                            detail=f"{what}: loss {out['loss']}, grad_norm {out['grad_norm']}; step skipped"))
-        sinks.say(f"step {self.progress.step}: {what} (loss {out['loss']:.4g}), step skipped")
+        # with guard.skip_nonfinite off the step was applied: say that, not "skipped"
+        done = "step skipped" if out["skipped"] else "step applied (guard.skip_nonfinite is off)"
+        kind = "spike_skip" if out["spike"] else "nonfinite_skip" if out["skipped"] else "nonfinite_step"
+        sinks.emit(self.row("event", kind=kind, detail=f"{what}: loss {out['loss']}, grad_norm {out['grad_norm']}; {done}"))
+        sinks.say(f"step {self.progress.step}: {what} (loss {out['loss']:.4g}), {done}")
         if not guards.wants_rollback(self.progress, out["spike"], self.cfg.guard):
             return False
         at = self.progress.step
