@@ -68,6 +68,11 @@ def test_generate_and_eval_on_a_finished_run(tiny_run, tmp_path):
     a = cli("generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "1")
     b = cli("generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "1")
     assert a.stdout == b.stdout and a.stdout.startswith("ROMEO:") and len(a.stdout.rstrip("\n")) == 26
+    assert a.stderr == ""  # every character of the prompt is in Shakespeare's vocabulary
+    # characters the vocabulary lacks are named once each on stderr; the text still comes out
+    odd = cli("generate", str(run), "--prompt", "ROMÉO 你好好", "--max-new-tokens", "5", "--seed", "1")
+    assert odd.stdout.startswith("ROMÉO 你好好") and odd.stderr.count("\n") == 1
+    assert "3 characters the run's vocabulary lacks ('É', '你', '好')" in odd.stderr
     out = json.loads(cli("eval", str(run)).stdout)
     assert out["step"] == 20 and out["loss"] > 0 and "bits_per_char" in out
     other = tmp_path / "sonnet.txt"

@@ -268,3 +268,19 @@ def test_generate_without_mask_exits_2_and_the_probe_is_skipped(run):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "put [MASK]" in proc.stderr
     proc = cli("doctor", str(run), "--probe")  # the rest of the diagnosis still runs; the probe is skipped with a note
     assert "--probe generates continuations of a causal LM; this run's task is masked_lm: skipped" in proc.stdout
+
+
+def test_the_mask_token_is_not_reported_as_unknown_prompt_characters():
+    """A character vocabulary lacks '[', 'M', 'A', 'S', 'K', ']' here; in a masked LM's prompt [MASK] has its own
+    id, so only the characters outside it count (generate notes them on stderr)."""
+    from pathlib import Path
+
+    from trainlab.data.tokenizers import CharTokenizer
+    from trainlab.tasks.base import LoadedRun
+    from trainlab.tasks.causal_lm import CausalLM
+    from trainlab.tasks.masked_lm import MaskedLM
+
+    run = LoadedRun(Path("."), None, None, CharTokenizer.train(["to be or not "]), 0)
+    assert MaskedLM.unknown_prompt_chars(run, "to be or not to [MASK]") == []
+    assert MaskedLM.unknown_prompt_chars(run, "to be? [MASK]!") == ["?", "!"]
+    assert CausalLM.unknown_prompt_chars(run, "to [MASK]") == ["[", "M", "A", "S", "K", "]"]

@@ -248,7 +248,7 @@ def generate(run: Path = typer.Argument(..., help="A run directory."),
     from trainlab.tasks.base import GenerationRequest
 
     print(generate_text(run, GenerationRequest(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                                               seed)))
+                                               seed), log=lambda line: print(line, file=sys.stderr)))
 
 
 @app.command()

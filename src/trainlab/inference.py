@@ -4,7 +4,7 @@ the task's hooks (`load_assets`, `generate`, `eval_config`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from trainlab.errors import TrainlabError
 from trainlab.rundir import saved_config
@@ -34,10 +34,18 @@ def load_run(run_dir: Path) -> LoadedRun:
     return LoadedRun(run_dir, cfg, model, task.load_assets(run_dir), step)
 
 
-def generate_text(run_dir: Path, request: GenerationRequest) -> str:
-    """What `trainlab generate` prints for this run (the task decides: a continuation, an answer, masks filled)."""
+def generate_text(run_dir: Path, request: GenerationRequest, log: Callable[[str], None] = lambda s: None) -> str:
+    """What `trainlab generate` prints for this run (the task decides: a continuation, an answer, masks filled).
+    A prompt with characters a character vocabulary lacks is noted through `log`: the model sees each as UNK."""
     run = load_run(run_dir)
-    return task_class(run.cfg.task).generate(run, request)
+    task = task_class(run.cfg.task)
+    text = task.generate(run, request)  # first: a prompt the task refuses gets its one error line, no note
+    missing = task.unknown_prompt_chars(run, request.prompt)
+    if missing:
+        shown = ", ".join(repr(c) for c in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        log(f"note: the prompt holds {len(missing)} character{'s' if len(missing) > 1 else ''} the run's vocabulary "
+            f"lacks ({shown}); the model reads each as the unknown token")
+    return text
 
 
 def evaluate_run(run_dir: Path, data_path: Optional[Path] = None) -> dict:

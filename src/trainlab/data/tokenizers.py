@@ -86,6 +86,10 @@ class CharTokenizer(Tokenizer):
         out[inside] = self._lut[codes[inside]]
         return out
 
+    def unknown(self, text: str) -> list[str]:
+        """The characters of `text` outside the vocabulary (each once, in order): they encode as UNK."""
+        return list(dict.fromkeys(c for c in text if c not in self.index))
+
     def decode(self, ids) -> str:
         n = len(self.chars)
         return "".join(self.chars[i] if 0 <= i < n else UNK for i in (int(i) for i in ids))

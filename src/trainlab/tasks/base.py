@@ -152,6 +152,12 @@ class Task:
         raise TrainlabError(f"a {cls.name} run generates nothing")
 
     @classmethod
+    def unknown_prompt_chars(cls, run: LoadedRun, prompt: str) -> list[str]:
+        """The prompt's characters a character vocabulary lacks (they reach the model as UNK); none for others."""
+        unknown = getattr(run.tokenizer, "unknown", None)
+        return unknown(prompt) if unknown else []
+
+    @classmethod
     def eval_config(cls, cfg: RunConfig, run_dir: Path, data_path: Optional[Path]) -> RunConfig:
         """The config `trainlab eval` prepares data with: the run's own, or another file read the run's way."""
         if data_path is None:

@@ -265,6 +265,10 @@ class MaskedLM(TokenTask):
         return request.prompt + "\n" + fill_mask_text(run, request.prompt, request.top_k or 5)
 
     @classmethod
+    def unknown_prompt_chars(cls, run: LoadedRun, prompt: str) -> list[str]:
+        return super().unknown_prompt_chars(run, prompt.replace(MASK_TOKEN, ""))  # [MASK] has its own id
+
+    @classmethod
     def export_hf(cls, run: LoadedRun, out: Path) -> None:
         """A BertForMaskedLM directory; a BPE tokenizer.json gains [MASK] with the model's id for it."""
         from safetensors.torch import save_file
