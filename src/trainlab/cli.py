@@ -188,11 +188,13 @@ def eval_(run: Path = typer.Argument(..., help="A run directory."),
           data: Optional[Path] = typer.Option(None, "--data", help="Another text file, .jsonl or candle .csv to "
                                               "evaluate on."),
           columns: Optional[str] = COLUMNS,
-          samples: int = typer.Option(100, "--samples", min=2, help="Forecaster: sampled paths per origin."),
-          stride: int = typer.Option(3, "--stride", min=1, help="Forecaster: rows between origins."),
-          origins: int = typer.Option(400, "--origins", min=0, help="Forecaster: at most this many origins, "
-                                      "spread evenly (0: all)."),
-          seed: int = typer.Option(0, "--seed", help="Forecaster: the sampling seed.")) -> None:
+          samples: Optional[int] = typer.Option(None, "--samples", min=2, help="Forecaster: sampled paths per "
+                                                "origin (default 100)."),
+          stride: Optional[int] = typer.Option(None, "--stride", min=1, help="Forecaster: rows between origins "
+                                               "(default 3)."),
+          origins: Optional[int] = typer.Option(None, "--origins", min=0, help="Forecaster: at most this many "
+                                                "origins, spread evenly (0: all; default 400)."),
+          seed: Optional[int] = typer.Option(None, "--seed", help="Forecaster: the sampling seed (default 0).")) -> None:
     """Evaluate a run's best checkpoint on its validation split or on another file. A forecaster gets a
     walk-forward evaluation against naive baselines at horizons 1, 6 and 24 on its test period (with --data,
     on every origin of the file), written to forecast_eval.json."""
@@ -201,13 +203,19 @@ def eval_(run: Path = typer.Argument(..., help="A run directory."),
     from trainlab import forecast
 
     if forecast.is_forecaster(run):
-        result = forecast.walk_forward(run, data, forecast.parse_columns(columns), samples, stride, origins, seed,
-                                       log=lambda line: print(line, file=sys.stderr))
+        result = forecast.walk_forward(
+            run, data, forecast.parse_columns(columns), forecast.DEFAULT_SAMPLES if samples is None else samples,
+            forecast.DEFAULT_STRIDE if stride is None else stride, forecast.DEFAULT_ORIGINS if origins is None else origins,
+            seed or 0, log=lambda line: print(line, file=sys.stderr))
         print(Path(result["path"]).with_name("forecast_eval.md").read_text(encoding="utf-8"), end="")
         print(f"written: {result['path']}")
         return
-    if columns:
-        raise TrainlabError("--columns applies to a forecaster's run")
+    # a forecaster's options on another run would be ignored: say so rather than evaluate something else
+    given = [flag for flag, value in (("--columns", columns), ("--samples", samples), ("--stride", stride),
+                                      ("--origins", origins), ("--seed", seed)) if value is not None]
+    if given and run.is_dir():
+        raise TrainlabError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to a forecaster's run; "
+                            f"'{run}' is not one")
     from trainlab.inference import evaluate_run
 
     print(json.dumps(evaluate_run(run, data), indent=1))
