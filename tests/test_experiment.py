@@ -50,6 +50,23 @@ def test_ablate_equal_tokens_statistics_and_skip_on_rerun(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("result.json")} == stamps
 
 
+def test_a_sweep_across_tokenizers_or_data_says_its_losses_are_not_like_for_like(tmp_path):
+    from trainlab.experiment.ablate import aggregate, load_sweep, results_markdown
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": {"preset": "tiny"}, "variants": {
+        "char": {}, "bpe": {"data.tokenizer": "bpe", "data.bpe_vocab_size": 512}}}, sort_keys=False))
+    [note] = load_sweep(sweep).notes
+    assert note.startswith("the variants use different tokenizers (char: char, bpe: bpe 512)") and "bits_per_char" in note
+    assert f"Note: {note}." in results_markdown(aggregate(load_sweep(sweep), []))
+    sweep.write_text(yaml.safe_dump({"base": {"preset": "tiny"}, "variants": {
+        "shakespeare": {}, "news": {"data.source": "people-daily"}}}, sort_keys=False))
+    assert load_sweep(sweep).notes == ["the variants read different data (shakespeare: shakespeare, news: people-daily): "
+                                       "each is scored on its own validation text"]
+    sweep.write_text(yaml.safe_dump(SWEEP))
+    assert load_sweep(sweep).notes == []  # batch and lr variants compare like for like
+
+
 SPACE = {"params": {"optim.lr": {"low": 1e-3, "high": 3e-2, "log": True}},
          "budget": {"steps": 12}, "pruner": "median", "set": {"train.eval_interval": 4, "train.sample_tokens": 0}}
 

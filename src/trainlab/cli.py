@@ -352,6 +352,8 @@ def ablate(sweep: Path = typer.Argument(..., help="A sweep YAML: base, budget, s
         raise TrainlabError("--shard and --report exclude each other: run the shards, then --report once")
     part = parse_shard(shard) if shard is not None else None
     plan = load_sweep(sweep, seeds, workers)
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
     out = out or Path("runs") / f"ablate-{sweep.stem}"
     if part:
         runs = run_sweep(plan, out, shard=part)["runs"]

@@ -47,6 +47,8 @@ class Sweep:
     workers: int
     baseline: str
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """What makes the variants' losses less than directly comparable (said on stderr and in results.md)."""
 
 
 def load_sweep(path: Path, seeds: Optional[int] = None, workers: Optional[int] = None) -> Sweep:
@@ -89,12 +91,40 @@ def load_sweep(path: Path, seeds: Optional[int] = None, workers: Optional[int] =
                   int(seeds or doc.get("seeds") or 1), int(workers or doc.get("workers") or 1), baseline, variants)
     if sweep.seeds < 1 or sweep.workers < 1:
         raise ConfigError("--seeds and --workers must be at least 1")
+    built = {}
     for name in variants:  # every variant must build: bad keys are found before anything runs
         try:
-            variant_config(sweep, name, 0)
+            built[name] = variant_config(sweep, name, 0)
         except ConfigError as err:
             raise ConfigError(f"{path}: variant '{name}': {err}") from None
+    sweep.notes = comparability_notes(path, built)
     return sweep
+
+
+def comparability_notes(path: Path, built: dict[str, RunConfig]) -> list[str]:
+    """Variants of different tasks measure different losses: refused. Variants of different data or tokenizers
+    are a legitimate question, but their losses are on different validation text or per different tokens (and a
+    token budget is a different amount of text): noted, so the table is not read as a like-for-like ranking."""
+    def differ(what: Callable[[RunConfig], Any]) -> Optional[str]:
+        seen: dict[Any, str] = {}
+        for name, cfg in built.items():
+            seen.setdefault(what(cfg), name)
+        return None if len(seen) == 1 else ", ".join(f"{name}: {value}" for value, name in seen.items())
+
+    tasks = differ(lambda c: c.task)
+    if tasks:
+        raise ConfigError(f"{path}: the variants train different tasks ({tasks}), whose losses do not compare; "
+                          f"give each task its own sweep")
+    notes = []
+    tokenizers = differ(lambda c: c.data.tokenizer + (f" {c.data.bpe_vocab_size}" if c.data.tokenizer == "bpe" else ""))
+    if tokenizers:
+        notes.append(f"the variants use different tokenizers ({tokenizers}): their losses are per different tokens, "
+                     f"and a token budget is a different amount of text; compare bits per character (bits_per_char "
+                     f"in results.json), not the loss")
+    sources = differ(lambda c: c.data.source)
+    if sources:
+        notes.append(f"the variants read different data ({sources}): each is scored on its own validation text")
+    return notes
 
 
 def set_budget(tree: dict[str, Any], kind: str, amount: float) -> None:
@@ -183,7 +213,7 @@ def summarise_run(run: Path) -> dict[str, Any]:
     diag = diagnose_series(series, check_data=False)
     top = diag.findings[0] if diag.findings else None
     return {"run": str(run), "val_loss": last["loss"], "acc": last.get("acc"), "top5": last.get("top5"),
-            "ppl": last.get("ppl"), "tokens": last["tokens"], "steps": last["step"], "elapsed_s": last["elapsed_s"],
+            "ppl": last.get("ppl"), "bits_per_char": last.get("bits_per_char"), "tokens": last["tokens"], "steps": last["step"], "elapsed_s": last["elapsed_s"],
             "tokens_per_s": speeds[len(speeds) // 2],
             "curve": [[r["step"], r["tokens"], r["elapsed_s"], r["loss"]] for r in series.val],
             "doctor": f"{top.id} ({top.severity})" if top else "no findings"}
@@ -263,7 +293,7 @@ def aggregate(sweep: Sweep, results: list[dict[str, Any]]) -> dict[str, Any]:
                                              and (r.get("failed") or r.get("val_loss") is None))}
         if runs:
             row |= {"val_loss": describe(losses)}
-            for key in ("acc", "top5", "ppl", "tokens", "tokens_per_s", "elapsed_s", "steps"):
+            for key in ("acc", "top5", "ppl", "bits_per_char", "tokens", "tokens_per_s", "elapsed_s", "steps"):
                 vals = [r[key] for r in runs if r.get(key) is not None]
                 row[key] = sum(vals) / len(vals) if vals else None
             row["tokens_all"] = sorted({r["tokens"] for r in runs})
@@ -272,7 +302,7 @@ def aggregate(sweep: Sweep, results: list[dict[str, Any]]) -> dict[str, Any]:
             row["doctor"] = runs[0]["doctor"]
         rows.append(row)
     return {"sweep": str(sweep.path), "budget": {sweep.budget[0]: sweep.budget[1]}, "seeds": sweep.seeds,
-            "baseline": sweep.baseline, "variants": rows, "runs": results}
+            "baseline": sweep.baseline, "variants": rows, "runs": results, "notes": sweep.notes}
 
 
 def results_markdown(s: dict[str, Any]) -> str:
@@ -300,6 +330,7 @@ def results_markdown(s: dict[str, Any]) -> str:
     lines += [] if not tokens else ["", "All runs saw the same number of tokens." if len(tokens) == 1 else
               f"Runs saw different token counts ({', '.join(f'{t:,}' for t in sorted(tokens))}): the budget is not a "
               f"multiple of every variant's tokens per step, or the budget is in steps or seconds."]
+    lines += [""] + [f"Note: {note}." for note in s["notes"]] if s.get("notes") else []
     if s.get("missing"):
         lines += ["", f"Missing {len(s['missing'])} run(s), not finished (or failed; see each train.log): "
                   + ", ".join(f"{m['variant']} seed {m['seed']}" for m in s["missing"]) + "."]
