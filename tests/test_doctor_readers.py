@@ -391,3 +391,30 @@ def test_a_tensorboard_folder_of_several_runs_is_read_at_its_newest(tmp_path):
         (s, v), (ws, wv) = got.col(*key), base.col(*key)
         assert np.array_equal(s, ws) and np.allclose(v, wv, rtol=1e-6), key
     assert any("holds 2 TensorBoard runs; read the newest" in n for n in got.notes)
+
+
+def test_epoch_means_are_the_training_curve_where_no_step_values_were_logged(tmp_path):
+    """Lightning logs `train_loss_step` only every log_every_n_steps (50) batches: a run with fewer batches an epoch
+    logs no step values at all, only `train_loss_epoch` beside `val_loss`. Those means are then the curve (as
+    CSVLogger and TensorBoardLogger write them), so the doctor still sees training fall while validation rises.
+    The values are pl-char-data-2.5k's real curves (an overfitting run), the training loss averaged per
+    evaluation interval."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    base = read(REPO / "tests" / "fixtures" / "doctor" / "corpus" / "pl-char-data-2.5k" / "metrics.csv")
+    (tsteps, tloss), (vsteps, vloss) = base.col("loss"), base.col("loss", "val")
+    means = [float(tloss[(tsteps > lo) & (tsteps <= hi)].mean()) for lo, hi in zip([0, *vsteps[:-1]], vsteps)]
+    csv_dir, tb_dir = tmp_path / "csv", tmp_path / "tb"
+    csv_dir.mkdir()
+    lines = ["epoch,step,train_loss_epoch,val_loss"]
+    writer = SummaryWriter(str(tb_dir))
+    for epoch, (step, mean, val) in enumerate(zip(vsteps.tolist(), means, vloss.tolist())):
+        lines += [f"{epoch},{step},,{val!r}", f"{epoch},{step},{mean!r},"]
+        writer.add_scalar("train_loss_epoch", mean, step)
+        writer.add_scalar("val_loss", val, step)
+    writer.close()
+    (csv_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    for path in (csv_dir / "metrics.csv", tb_dir):
+        s, v = read(path).col("loss")
+        assert np.array_equal(s, vsteps) and np.allclose(v, means), path.name
+        assert diagnose(path).findings[0].id == "overfitting", path.name

@@ -36,10 +36,13 @@ def names_split(name: str) -> bool:
     return bool(parts) and (parts[0] in VAL_PREFIXES + TRAIN_PREFIXES or parts[-1] in VAL_PREFIXES + TRAIN_PREFIXES)
 
 
-def classify(name: str) -> Optional[tuple[str, str]]:
+def classify(name: str, epoch_means: bool = False) -> Optional[tuple[str, str]]:
     """('train' | 'val', trainlab key) for a metric name such as 'val_loss', 'eval/loss', 'train_loss_step',
     'lr-AdamW', 'train/learning_rate', or with the split last, as PyTorch's TensorBoard tutorial writes it
-    ('Loss/train', 'Loss/test', 'training loss'); None for names we do not use."""
+    ('Loss/train', 'Loss/test', 'training loss'); None for names we do not use. A training metric's epoch mean
+    (Lightning's train_loss_epoch) is None unless `epoch_means`: a reader that passes it keeps, per metric, the
+    name logged most often, so the epoch means are the curve only where no step values were logged (a run
+    with fewer batches an epoch than Lightning's log_every_n_steps)."""
     low = name.strip().lower()
     if low.startswith(("lr-", "lr_", "lr/")) or low in ("lr", "learning_rate"):
         return ("train", "lr")  # Lightning's LearningRateMonitor: lr-AdamW, lr-AdamW/pg1
@@ -59,7 +62,7 @@ def classify(name: str) -> Optional[tuple[str, str]]:
     # the curve (the epoch's mean repeats them); in validation each step is one batch of the same evaluation,
     # and the epoch's mean is the evaluation's value
     if parts and parts[-1] in ("step", "epoch"):
-        if (parts[-1] == "epoch") == (split == "train"):
+        if (parts[-1] == "epoch") == (split == "train") and not (epoch_means and split == "train"):
             return None
         parts = parts[:-1]
     key = ALIASES.get("_".join(parts))
@@ -166,16 +169,22 @@ def stated_facts(series: RunSeries, settings: dict[str, str]) -> None:
                             + ": the checks that need it did not run")
 
 
-def by_key(series: RunSeries, points: dict[str, list[tuple[int, float]]]) -> None:
-    """Rows from metric histories keyed by name (MLflow, W&B). Where two names mean the same metric, the
-    one logged more often is the curve: a Trainer's end-of-run `train_loss` (one point) is not its `loss`."""
+def most_logged(points: dict[str, list]) -> dict[tuple[str, str], str]:
+    """For each metric, the name among those that mean it which was logged most often: a Trainer's end-of-run
+    `train_loss` (one point) is not its `loss`, and Lightning's `train_loss_epoch` is not the curve beside a
+    `train_loss_step`."""
     chosen: dict[tuple[str, str], str] = {}
-    for key, values in points.items():
-        kind = classify(key)
+    for name, values in points.items():
+        kind = classify(name, epoch_means=True)
         if kind and (kind not in chosen or len(values) > len(points[chosen[kind]])):
-            chosen[kind] = key
+            chosen[kind] = name
+    return chosen
+
+
+def by_key(series: RunSeries, points: dict[str, list[tuple[int, float]]]) -> None:
+    """Rows from metric histories keyed by name (MLflow, W&B); where two names mean one metric, `most_logged`."""
     merged: dict[tuple[str, int], dict] = {}
-    for (split, metric), key in chosen.items():
+    for (split, metric), key in most_logged(points).items():
         for step, value in points[key]:  # in logging order: a step logged twice keeps its last value
             merged.setdefault((split, int(step)), {"step": int(step)})[metric] = float(value)
     fill(series, merged)

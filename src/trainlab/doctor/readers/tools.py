@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from trainlab.doctor.readers.common import (TRAIN_PREFIXES, VAL_PREFIXES, classify, csv_rows, finish, lr_facts,
-                                            names_split, stated_facts, unmask_nonfinite)
+                                            most_logged, names_split, stated_facts, unmask_nonfinite)
 from trainlab.doctor.series import RunSeries
 from trainlab.doctor.vocabulary import _training_args, json_beside
 from trainlab.errors import TrainlabError
@@ -63,7 +63,7 @@ def read_lightning_csv(path: Path) -> RunSeries:
     if not rows or "step" not in rows[0]:
         raise TrainlabError(f"'{path}' is not a Lightning metrics.csv (no 'step' column)")
     series = RunSeries("lightning", Path(path))
-    merged: dict[tuple[str, int], dict] = {}
+    points: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
         try:
             step = int(float(row["step"]))
@@ -72,14 +72,14 @@ def read_lightning_csv(path: Path) -> RunSeries:
         for name, text in row.items():
             if name in ("step", "epoch") or text in (None, ""):
                 continue
-            kind = classify(name)
-            if not kind:
-                continue
             try:
-                value = float(text)
+                points.setdefault(name, []).append((step, float(text)))
             except ValueError:
                 continue
-            merged.setdefault((kind[0], step), {"step": step})[kind[1]] = value
+    merged: dict[tuple[str, int], dict] = {}
+    for (split, key), name in most_logged(points).items():
+        for step, value in points[name]:
+            merged.setdefault((split, step), {"step": step})[key] = value
     finish(series, merged, f"'{path}' holds no loss column (train_loss, val_loss, ...)")
     lightning_hparams(series)
     return series
@@ -134,7 +134,7 @@ def read_tensorboard(directory: Path) -> RunSeries:
             name = _scalars_name(tag, run.name)
             if run != Path(directory) and run.name.lower() in SPLIT_FOLDERS and not names_split(name):
                 name = f"{run.name}/{name}"  # Keras, or two SummaryWriters: train/ and validation/ folders, one tag
-            kind = classify(name)
+            kind = classify(name, epoch_means=True)
             if not kind:
                 continue
             events = acc.Scalars(tag)
