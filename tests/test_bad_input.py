@@ -158,7 +158,7 @@ CASES = {
     "doctor_unknown_format": ("doctor --format with an unknown name", {}, ["doctor", "{root}/run", "--format", "csv"],
                               "the known formats are trainlab, hf_trainer"),
     "doctor_csv_without_step": ("doctor on a CSV that is not Lightning's", {"m.csv": "a,b\n1,2\n"},
-                                ["doctor", "{root}/m.csv"], "no 'step' column"),
+                                ["doctor", "{root}/m.csv"], "no 'step' or 'epoch' column"),
     "doctor_json_not_trainer_state": ("doctor on JSON that is no trainer_state.json", {"s.json": '{"a": 1}'},
                                       ["doctor", "{root}/s.json"], "no log_history"),
     "doctor_report_folder_is_a_file": ("doctor --out where a file takes the folder's name",

@@ -418,3 +418,12 @@ def test_epoch_means_are_the_training_curve_where_no_step_values_were_logged(tmp
         s, v = read(path).col("loss")
         assert np.array_equal(s, vsteps) and np.allclose(v, means), path.name
         assert diagnose(path).findings[0].id == "overfitting", path.name
+    # Keras' CSVLogger: one row an epoch, counted from 0, and no step column; read one step per epoch done
+    keras = tmp_path / "training.log"
+    keras.write_text("epoch,learning_rate,loss,val_loss\n" + "".join(
+        f"{epoch},0.001,{mean!r},{val!r}\n" for epoch, (mean, val) in enumerate(zip(means, vloss.tolist()))))
+    series = read(keras, "lightning")
+    assert np.array_equal(series.col("loss")[0], np.arange(1, len(means) + 1))
+    assert np.allclose(series.col("loss", "val")[1], vloss) and series.fact("peak_lr") == pytest.approx(0.001)
+    diag = diagnose(keras, fmt="lightning")
+    assert diag.findings[0].id == "overfitting" and any("its epochs are read as steps" in n for n in diag.notes)

@@ -425,7 +425,7 @@ def _short_run(c: Curves) -> Optional[Finding]:
     if c.n < 5 or c.last >= SHORT_RUN or c.nonfinite or from_pretrained(c):
         return None
     interval = float(np.median(np.diff(c.tsteps)))
-    if c.s.source not in OPTIMIZER_STEPS and interval <= 1:
+    if (c.s.source not in OPTIMIZER_STEPS or c.s.fact("steps_are_epochs")) and interval <= 1:
         return None
     first = float(c.loss[0])
     fell = (first - c.final()) / first if first > 0 else 0.0

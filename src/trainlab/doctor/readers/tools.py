@@ -59,14 +59,23 @@ def read_hf_trainer_state(path: Path) -> RunSeries:
 
 
 def read_lightning_csv(path: Path) -> RunSeries:
+    """Lightning's CSVLogger metrics.csv; also a CSV with an epoch column and no step column (Keras' CSVLogger,
+    a loop's own per-epoch CSV), read with one step per epoch done, and saying so."""
     rows = csv_rows(path)
-    if not rows or "step" not in rows[0]:
-        raise TrainlabError(f"'{path}' is not a Lightning metrics.csv (no 'step' column)")
+    axis = next((name for name in ("step", "epoch") if rows and name in rows[0]), None)
+    if axis is None:
+        raise TrainlabError(f"'{path}' is not a Lightning metrics.csv or a per-epoch CSV (no 'step' or 'epoch' column)")
     series = RunSeries("lightning", Path(path))
+    # epochs as Keras counts them from 0: the values of epoch 0 are those after one epoch
+    shift = 1 if axis == "epoch" and any(row.get("epoch", "").strip() in ("0", "0.0") for row in rows) else 0
+    if axis == "epoch":
+        series.facts["steps_are_epochs"] = True
+        series.notes.append(f"'{Path(path).name}' has no step column: its epochs are read as steps, one per epoch "
+                            f"done")
     points: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
         try:
-            step = int(float(row["step"]))
+            step = int(float(row[axis])) + shift
         except (TypeError, ValueError):
             continue
         for name, text in row.items():
