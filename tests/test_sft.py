@@ -25,6 +25,10 @@ FORMATS = {
                               {"role": "assistant", "content": RESPONSE}]},
     "conversations": {"conversations": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT},
                                         {"role": "assistant", "content": RESPONSE}]},
+    "prompt_completion": {"system": SYSTEM, "prompt": PROMPT, "completion": RESPONSE},  # TRL's prompt-completion
+    "sharegpt": {"conversations": [{"from": "system", "value": SYSTEM}, {"from": "human", "value": PROMPT},
+                                   {"from": "gpt", "value": RESPONSE}]},
+    "alpaca": {"system": SYSTEM, "instruction": PROMPT, "input": "", "output": RESPONSE},
 }
 
 
@@ -54,7 +58,7 @@ def bpe() -> HFTokenizer:
     return HFTokenizer.train(iter([text]), 400)
 
 
-def test_three_formats_give_the_same_ids_mask_and_split(tmp_path):
+def test_every_format_gives_the_same_ids_mask_and_split(tmp_path):
     prepared = {}
     for kind in FORMATS:
         path = tmp_path / f"{kind}.jsonl"
@@ -68,7 +72,12 @@ def test_three_formats_give_the_same_ids_mask_and_split(tmp_path):
             assert np.array_equal(a.ids, b.ids) and np.array_equal(a.mask, b.mask)
             assert np.array_equal(a.offsets, b.offsets)
     parsed = [parse_conversation(obj) for obj in FORMATS.values()]
-    assert parsed[0] == parsed[1] == parsed[2]
+    assert all(p == parsed[0] for p in parsed) and len(parsed) == 6
+    # Alpaca's input, when given, follows the instruction after a blank line
+    assert parse_conversation({"instruction": "Translate to English.", "input": "Bonjour", "output": "Hello"}) == [
+        {"role": "user", "content": "Translate to English.\n\nBonjour"}, {"role": "assistant", "content": "Hello"}]
+    with pytest.raises(ValueError, match="ShareGPT speakers: human, gpt, system"):
+        parse_conversation({"conversations": [{"from": "bot", "value": "hi"}]})
 
 
 @pytest.mark.parametrize("tokenizer", ["byte", "bpe"])

@@ -1,10 +1,13 @@
 """Instruction data: conversations from .jsonl, rendered with a chat template, tokenized with a loss mask.
 
-Each line is one conversation in any of three formats, detected per line:
+Each line is one conversation in any of these formats, detected per line:
 
-    {"prompt": "...", "response": "..."}                      (optionally "system": "...")
+    {"prompt": "...", "response": "..."}                      (optionally "system": "..."; or "completion")
     {"messages": [{"role": "user", "content": "..."}, ...]}    (chat format)
     {"conversations": [{"role": "user", "content": "..."}]}   (MiniMind's SFT files)
+    {"conversations": [{"from": "human", "value": "..."}]}    (ShareGPT: human, gpt, system)
+    {"instruction": "...", "input": "...", "output": "..."}  (Alpaca: the input, when given, follows the
+                                                               instruction after a blank line)
 
 with roles system, user and assistant. The template renders a conversation as
 
@@ -52,22 +55,40 @@ class BadLine(ValueError):
 # Reading
 
 
+FORMATS = "prompt/response, messages, conversations (role/content or ShareGPT's from/value) or Alpaca lines"
+# ShareGPT's speakers
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
 def parse_conversation(obj) -> list[Message]:
     """One .jsonl object as a list of {"role", "content"} messages."""
     if not isinstance(obj, dict):
         raise BadLine("is not a JSON object")
+    system = [{"role": "system", "content": obj["system"]}] if isinstance(obj.get("system"), str) else []
     if "messages" in obj or "conversations" in obj:
         turns = obj.get("messages", obj.get("conversations"))
         if not isinstance(turns, list):
             raise BadLine("has 'messages'/'conversations' that is not a list")
-        return [_message(t) for t in turns]
-    if isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str):
-        system = [{"role": "system", "content": obj["system"]}] if isinstance(obj.get("system"), str) else []
-        return system + [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj["response"]}]
-    raise BadLine("has neither 'prompt' and 'response' strings nor a 'messages' or 'conversations' list")
+        return system + [_message(t) for t in turns]
+    answer = obj.get("response", obj.get("completion"))
+    if isinstance(obj.get("prompt"), str) and isinstance(answer, str):
+        return system + [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": answer}]
+    if isinstance(obj.get("instruction"), str) and isinstance(obj.get("output"), str):  # Alpaca
+        extra = obj.get("input")
+        asked = obj["instruction"] + (f"\n\n{extra}" if isinstance(extra, str) and extra.strip() else "")
+        return system + [{"role": "user", "content": asked}, {"role": "assistant", "content": obj["output"]}]
+    raise BadLine("has neither 'prompt' and 'response' strings, 'instruction' and 'output' strings, nor a "
+                  "'messages' or 'conversations' list")
 
 
 def _message(turn) -> Message:
+    if isinstance(turn, dict) and "from" in turn and "role" not in turn:  # ShareGPT
+        if not isinstance(turn.get("value"), str):
+            raise BadLine("has a message without a string 'value'")
+        role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
+        if role is None:
+            raise BadLine(f"has a message from {turn['from']!r} (ShareGPT speakers: human, gpt, system)")
+        return {"role": role, "content": turn["value"]}
     if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
         raise BadLine("has a message without a string 'content'")
     if turn.get("role") not in ROLES:
@@ -106,7 +127,7 @@ def read_conversations(path: Path, strict: bool) -> tuple[list[list[Message]], R
             out.append(messages)
     if not out:
         raise DataError(f"'{path}' holds no usable conversation ({stats.broken} broken lines, {stats.no_assistant} "
-                        f"without an assistant message); give prompt/response, messages or conversations lines")
+                        f"without an assistant message); give {FORMATS}")
     return out, stats
 
 
