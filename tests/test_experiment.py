@@ -92,3 +92,21 @@ def test_two_tune_processes_share_one_study(tmp_path):
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["optim"]["lr"] == pytest.approx(study.best_trial.params["optim.lr"])
     assert any("best: trial" in o for o, _ in outputs)
+
+
+def test_a_tune_space_is_refused_only_for_a_value_no_combination_makes_valid(tmp_path):
+    """model.n_head 3 is valid beside model.d_model 48 and not beside 64: the space may give it (a trial that
+    draws 64 with 3 is pruned and says why); n_head 5 divides neither width, so the space is refused."""
+    from trainlab.errors import ConfigError
+    from trainlab.experiment.tune import check_space, load_space
+    from trainlab.presets import resolve
+
+    base = resolve("tiny").to_dict()
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"params": {"model.d_model": {"choices": [48, 64]},
+                                               "model.n_head": {"choices": [3, 4]}}}))
+    check_space(base, load_space(path), path)
+    path.write_text(yaml.safe_dump({"params": {"model.d_model": {"choices": [48, 64]},
+                                               "model.n_head": {"choices": [4, 5]}}}))
+    with pytest.raises(ConfigError, match="'model.n_head': the value 5 makes an invalid config"):
+        check_space(base, load_space(path), path)

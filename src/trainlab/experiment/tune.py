@@ -9,6 +9,7 @@ finished trials is capped at --trials across all of them.
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import shutil
 from pathlib import Path
@@ -70,16 +71,34 @@ def trial_config(base: dict[str, Any], space: dict[str, Any], values: dict[str, 
     return build_config(tree)
 
 
+# the most combinations of the other parameters' values check_space tries for one value
+COMBINATIONS = 512
+
+
+def _candidates(spec: dict[str, Any]) -> list[Any]:
+    return list(spec["choices"]) if "choices" in spec else [spec["low"], spec["high"]]
+
+
 def check_space(base: dict[str, Any], space: dict[str, Any], space_path: Path) -> None:
     """Bad keys or values fail here, before any trial: the space's fixed settings, and every value it can give
-    that the config refuses (each choice, each end of a range)."""
+    (each choice, each end of a range) that no combination with the other parameters' values makes valid. A
+    value valid only beside some others (model.n_head 3 with model.d_model 48, not 64) is the space's to
+    give: a trial that draws an invalid combination is pruned and says why."""
     trial_config(base, space, {})
-    for key, spec in space["params"].items():
-        for value in spec["choices"] if "choices" in spec else (spec["low"], spec["high"]):
-            try:
-                trial_config(base, space, {key: value})
-            except ConfigError as err:
-                raise ConfigError(f"{space_path}: '{key}': the value {value!r} makes an invalid config: {err}") from None
+    params = space["params"]
+    for key, spec in params.items():
+        others = [k for k in params if k != key]
+        for value in _candidates(spec):
+            combos = itertools.islice(itertools.product(*(_candidates(params[k]) for k in others)), COMBINATIONS)
+            first: Optional[ConfigError] = None
+            for combo in combos:
+                try:
+                    trial_config(base, space, {**dict(zip(others, combo)), key: value})
+                    break
+                except ConfigError as err:
+                    first = first or err
+            else:
+                raise ConfigError(f"{space_path}: '{key}': the value {value!r} makes an invalid config: {first}")
 
 
 def open_storage(storage: Optional[str], out: Path):
@@ -121,7 +140,12 @@ def tune(space_path: Path, preset: Optional[str], config: Optional[Path], sets: 
 
     def objective(trial) -> float:
         values = {k: suggest(trial, k, spec) for k, spec in space["params"].items()}
-        cfg = trial_config(base, space, values)
+        try:
+            cfg = trial_config(base, space, values)
+        except ConfigError as err:  # values each valid, together not (check_space): nothing to train
+            trial.set_user_attr("invalid", str(err))
+            log(f"  trial {trial.number}: {values} -> an invalid combination ({err}); pruned")
+            raise optuna.TrialPruned() from None
         run_dir = out / "trials" / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("pid", os.getpid())
