@@ -427,3 +427,25 @@ def test_epoch_means_are_the_training_curve_where_no_step_values_were_logged(tmp
     assert np.allclose(series.col("loss", "val")[1], vloss) and series.fact("peak_lr") == pytest.approx(0.001)
     diag = diagnose(keras, fmt="lightning")
     assert diag.findings[0].id == "overfitting" and any("its epochs are read as steps" in n for n in diag.notes)
+
+
+def test_a_lightning_logs_folder_is_read_at_its_newest_version(tmp_path):
+    """Lightning's CSVLogger writes lightning_logs/version_N/metrics.csv, one version per start: the folder (or
+    the project folder above it) is read at the newest and says so; one version is read without a note."""
+    import os
+
+    src = REPO / "tests" / "fixtures" / "doctor" / "foreign" / "lightning"
+    logs = tmp_path / "project" / "lightning_logs"
+    for version, case, when in ((0, "lr_too_high", 1_000_000), (1, "healthy", 2_000_000)):
+        (logs / f"version_{version}").mkdir(parents=True)
+        shutil.copy(src / case / "metrics.csv", logs / f"version_{version}" / "metrics.csv")
+        os.utime(logs / f"version_{version}" / "metrics.csv", (when, when))
+    for path in (logs, tmp_path / "project"):
+        assert detect(path) == "lightning"
+        series = read(path)
+        assert series.path == logs / "version_1" / "metrics.csv"
+        assert any("holds 2 metrics.csv files" in n and "version_1" in n for n in series.notes)
+    shutil.rmtree(logs / "version_1")
+    series = read(logs)
+    assert series.path == logs / "version_0" / "metrics.csv" and not any("metrics.csv files" in n for n in series.notes)
+    assert diagnose(logs).findings[0].id == "lr_too_high"

@@ -31,7 +31,24 @@ def _hf(path: Path) -> RunSeries:
 
 
 def _lightning(path: Path) -> RunSeries:
-    return read_lightning_csv(path / "metrics.csv" if path.is_dir() else path)
+    if not path.is_dir():
+        return read_lightning_csv(path)
+    if (path / "metrics.csv").exists():
+        return read_lightning_csv(path / "metrics.csv")
+    found = _nested_csvs(path)
+    if not found:
+        raise TrainlabError(f"'{path}' holds no metrics.csv")
+    newest = max(found, key=lambda f: f.stat().st_mtime)
+    series = read_lightning_csv(newest)
+    if len(found) > 1:  # lightning_logs/version_0, version_1, ...: one per start
+        series.notes.append(f"'{path}' holds {len(found)} metrics.csv files (one per Lightning version); read the "
+                            f"newest, '{newest}' (give another's folder to read it)")
+    return series
+
+
+def _nested_csvs(path: Path) -> list[Path]:
+    """Lightning CSVLogger files under a folder (lightning_logs/version_N/metrics.csv), at most three levels down."""
+    return [f for depth in ("*", "*/*", "*/*/*") for f in path.glob(f"{depth}/metrics.csv")]
 
 
 READERS: dict[str, Callable[[Path], RunSeries]] = {
@@ -68,6 +85,8 @@ def detect(path: Path) -> str:
                                 f"'{nested[0]}' (`trainlab ablate --report` compares a sweep's runs)")
         if next(path.rglob("events.out.tfevents.*"), None) is not None:
             return "tensorboard"
+        if _nested_csvs(path):
+            return "lightning"
         raise TrainlabError(f"'{path}' holds no run this doctor reads; known formats: {', '.join(FORMATS)} "
                             f"(--format forces one)")
     name = path.name
