@@ -449,3 +449,22 @@ def test_a_lightning_logs_folder_is_read_at_its_newest_version(tmp_path):
     series = read(logs)
     assert series.path == logs / "version_0" / "metrics.csv" and not any("metrics.csv files" in n for n in series.notes)
     assert diagnose(logs).findings[0].id == "lr_too_high"
+
+
+def test_a_trainer_output_dir_of_checkpoints_is_read_at_its_newest(tmp_path):
+    """With report_to="none" a Trainer's output_dir holds only checkpoint-N/ folders, each with the
+    trainer_state.json of the run so far: the newest is read, and the report says so."""
+    import os
+
+    src = REPO / "tests" / "fixtures" / "doctor" / "foreign" / "hf"
+    out = tmp_path / "output_dir"
+    for step, case, when in ((100, "healthy", 1_000_000), (200, "nan", 2_000_000)):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        shutil.copy(src / case / "trainer_state.json", out / f"checkpoint-{step}" / "trainer_state.json")
+        os.utime(out / f"checkpoint-{step}" / "trainer_state.json", (when, when))
+    assert detect(out) == "hf_trainer"
+    diag = diagnose(out)
+    assert diag.series.path == out / "checkpoint-200" / "trainer_state.json"
+    direct = diagnose(out / "checkpoint-200" / "trainer_state.json")
+    assert [f.id for f in diag.findings] == [f.id for f in direct.findings] and diag.findings[0].severity == "high"
+    assert any("holds 2 trainer_state.json files (one per Trainer checkpoint" in n for n in diag.notes)

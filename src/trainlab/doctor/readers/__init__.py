@@ -27,7 +27,11 @@ def _trainlab(path: Path) -> RunSeries:
 
 
 def _hf(path: Path) -> RunSeries:
-    return read_hf_trainer_state(path / "trainer_state.json" if path.is_dir() else path)
+    if not path.is_dir():
+        return read_hf_trainer_state(path)
+    if (path / "trainer_state.json").exists():
+        return read_hf_trainer_state(path / "trainer_state.json")
+    return _newest(path, "trainer_state.json", read_hf_trainer_state, "Trainer checkpoint (checkpoint-N/)")
 
 
 def _lightning(path: Path) -> RunSeries:
@@ -35,20 +39,26 @@ def _lightning(path: Path) -> RunSeries:
         return read_lightning_csv(path)
     if (path / "metrics.csv").exists():
         return read_lightning_csv(path / "metrics.csv")
-    found = _nested_csvs(path)
+    return _newest(path, "metrics.csv", read_lightning_csv, "Lightning version (version_N/)")
+
+
+def _newest(path: Path, name: str, reader: Callable[[Path], RunSeries], each: str) -> RunSeries:
+    """The newest `name` under a folder (a Trainer's output_dir of checkpoint-N/ folders, whose newest holds the
+    whole log so far; a lightning_logs of version_N/ folders, one per start), saying so when there are several."""
+    found = _nested(path, name)
     if not found:
-        raise TrainlabError(f"'{path}' holds no metrics.csv")
+        raise TrainlabError(f"'{path}' holds no {name}")
     newest = max(found, key=lambda f: f.stat().st_mtime)
-    series = read_lightning_csv(newest)
-    if len(found) > 1:  # lightning_logs/version_0, version_1, ...: one per start
-        series.notes.append(f"'{path}' holds {len(found)} metrics.csv files (one per Lightning version); read the "
-                            f"newest, '{newest}' (give another's folder to read it)")
+    series = reader(newest)
+    if len(found) > 1:
+        series.notes.append(f"'{path}' holds {len(found)} {name} files (one per {each}); read the newest, "
+                            f"'{newest}' (give another's folder to read it)")
     return series
 
 
-def _nested_csvs(path: Path) -> list[Path]:
-    """Lightning CSVLogger files under a folder (lightning_logs/version_N/metrics.csv), at most three levels down."""
-    return [f for depth in ("*", "*/*", "*/*/*") for f in path.glob(f"{depth}/metrics.csv")]
+def _nested(path: Path, name: str) -> list[Path]:
+    """Files called `name` under a folder, one to three levels down."""
+    return [f for depth in ("*", "*/*", "*/*/*") for f in path.glob(f"{depth}/{name}")]
 
 
 READERS: dict[str, Callable[[Path], RunSeries]] = {
@@ -85,7 +95,9 @@ def detect(path: Path) -> str:
                                 f"'{nested[0]}' (`trainlab ablate --report` compares a sweep's runs)")
         if next(path.rglob("events.out.tfevents.*"), None) is not None:
             return "tensorboard"
-        if _nested_csvs(path):
+        if _nested(path, "trainer_state.json"):
+            return "hf_trainer"
+        if _nested(path, "metrics.csv"):
             return "lightning"
         raise TrainlabError(f"'{path}' holds no run this doctor reads; known formats: {', '.join(FORMATS)} "
                             f"(--format forces one)")
