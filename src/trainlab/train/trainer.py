@@ -196,6 +196,12 @@ class Trainer:
                 if idle:
                     raise ConfigError(f"{key}: {', '.join(repr(p) for p in idle)} matches no parameter of this model "
                                       f"(names look like {names[0]!r}, {names[-1]!r})")
+            frozen = [n for n in names if any(fnmatch.fnmatch(n, pat) for pat in t.freeze)]
+            for s, pats in t.unfreeze.items():  # releasing what was never frozen does nothing: a slip, said now
+                idle = [pat for pat in pats if not any(fnmatch.fnmatch(n, pat) for n in frozen)]
+                if idle:
+                    raise ConfigError(f"train.unfreeze.{s}: {', '.join(repr(p) for p in idle)} releases no parameter "
+                                      f"that train.freeze freezes ({len(frozen)} frozen)")
         for name, p in self.model.named_parameters():
             frozen = any(fnmatch.fnmatch(name, pat) for pat in t.freeze)
             if frozen and any(fnmatch.fnmatch(name, pat) for pat in released):
