@@ -92,6 +92,8 @@ def test_two_tune_processes_share_one_study(tmp_path):
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["optim"]["lr"] == pytest.approx(study.best_trial.params["optim.lr"])
     assert any("best: trial" in o for o, _ in outputs)
+    # one line a trial, not each trial's progress lines interleaved across processes
+    assert not any(line.startswith("step ") for o, _ in outputs for line in o.splitlines())
 
 
 def test_a_tune_space_is_refused_only_for_a_value_no_combination_makes_valid(tmp_path):

@@ -8,6 +8,7 @@ finished trials is capped at --trials across all of them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import os
@@ -154,7 +155,9 @@ def tune(space_path: Path, preset: Optional[str], config: Optional[Path], sets: 
             trial.report(val["loss"], step)
             return trial.should_prune()
 
-        result = run_mod.train(cfg, run_dir, fresh=True, log=lambda s: None, on_eval=report)
+        # the trial's own progress lines would interleave with every other trial's: the study logs one line a trial
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            result = run_mod.train(cfg, run_dir, fresh=True, log=lambda s: None, on_eval=report)
         log(f"  trial {trial.number}: {values} -> val loss {result['val']['loss']:.4f}"
             + (" (pruned)" if result["stop_reason"] == "pruned" else ""))
         if result["stop_reason"] == "pruned":
