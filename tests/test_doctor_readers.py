@@ -468,3 +468,23 @@ def test_a_trainer_output_dir_of_checkpoints_is_read_at_its_newest(tmp_path):
     direct = diagnose(out / "checkpoint-200" / "trainer_state.json")
     assert [f.id for f in diag.findings] == [f.id for f in direct.findings] and diag.findings[0].severity == "high"
     assert any("holds 2 trainer_state.json files (one per Trainer checkpoint" in n for n in diag.notes)
+
+
+def test_a_folder_holding_one_trainlab_run_reads_that_run(tmp_path):
+    """`trainlab doctor runs` with one run in runs/: that run, read as trainlab (its tb/ events would otherwise
+    make the folder read as TensorBoard), and a note naming it; with two, one exit-2 line asks for one."""
+    src = REPO / "tests" / "fixtures" / "doctor" / "corpus" / "tl-char-cosine"
+    project = tmp_path / "project"
+    shutil.copytree(src, project / "runs" / "demo")
+    (project / "runs" / "demo" / "tb").mkdir(exist_ok=True)
+    (project / "runs" / "demo" / "tb" / "events.out.tfevents.1.host").write_bytes(b"")
+    for path in (project, project / "runs"):
+        assert detect(path) == "trainlab"
+        diag = diagnose(path, check_data=False)
+        assert diag.series.path == project / "runs" / "demo" and diag.series.source == "trainlab"
+        assert f"'{path}' holds one trainlab run; read '{project / 'runs' / 'demo'}'" in diag.notes
+        direct = diagnose(project / "runs" / "demo", check_data=False)
+        assert [f.id for f in diag.findings] == [f.id for f in direct.findings]
+    shutil.copytree(src, project / "runs" / "other")
+    with pytest.raises(TrainlabError, match="holds 2 trainlab runs, not one"):
+        detect(project)

@@ -23,7 +23,22 @@ def _tensorboard(path: Path) -> RunSeries:
 
 
 def _trainlab(path: Path) -> RunSeries:
-    return read_trainlab(path if path.is_dir() else path.parent)
+    if not path.is_dir():
+        return read_trainlab(path.parent)
+    if (path / "metrics.jsonl").exists():
+        return read_trainlab(path)
+    runs = _trainlab_runs(path)
+    if len(runs) != 1:
+        raise TrainlabError(f"'{path}' holds {len(runs)} trainlab runs, not one: give one of them"
+                            + (f", such as '{runs[0]}'" if runs else ""))
+    series = read_trainlab(runs[0])
+    series.notes.append(f"'{path}' holds one trainlab run; read '{runs[0]}'")
+    return series
+
+
+def _trainlab_runs(path: Path) -> list[Path]:
+    """The trainlab run directories under a folder (a metrics.jsonl beside a config.yaml)."""
+    return sorted(p.parent for p in path.rglob("metrics.jsonl") if (p.parent / "config.yaml").exists())
 
 
 def _hf(path: Path) -> RunSeries:
@@ -89,10 +104,12 @@ def detect(path: Path) -> str:
             return "mlflow"
         if is_wandb(path):
             return "wandb"
-        nested = sorted(p.parent for p in path.rglob("metrics.jsonl") if (p.parent / "config.yaml").exists())
+        nested = _trainlab_runs(path)
         if len(nested) > 1:  # an ablate or tune folder, or a folder of experiments: which one is meant?
             raise TrainlabError(f"'{path}' holds {len(nested)} trainlab runs, not one: give one of them, such as "
                                 f"'{nested[0]}' (`trainlab ablate --report` compares a sweep's runs)")
+        if nested:  # runs/ with one run in it: that run (its tb/ events would otherwise read as TensorBoard)
+            return "trainlab"
         if next(path.rglob("events.out.tfevents.*"), None) is not None:
             return "tensorboard"
         if _nested(path, "trainer_state.json"):
