@@ -112,3 +112,50 @@ def test_a_tune_space_is_refused_only_for_a_value_no_combination_makes_valid(tmp
                                                "model.n_head": {"choices": [4, 5]}}}))
     with pytest.raises(ConfigError, match="'model.n_head': the value 5 makes an invalid config"):
         check_space(base, load_space(path), path)
+
+
+def _wait_for_rows(metrics, deadline_s: float = 120.0) -> None:
+    import time
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if metrics.exists() and '"split": "train"' in metrics.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{metrics} got no training row")
+
+
+def test_an_interrupted_tune_stops_and_a_killed_ones_trial_is_marked_failed(tmp_path):
+    """Ctrl-C (SIGINT) during a trial: the trial is marked failed, not counted at its partial loss, and the
+    study stops with exit 130. A process killed outright leaves its trial RUNNING; the next tune on this host
+    marks it failed."""
+    import os
+    import signal
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from trainlab.experiment.tune import fail_dead_trials
+
+    space, out = tmp_path / "space.yaml", tmp_path / "out"
+    space.write_text(yaml.safe_dump({**SPACE, "budget": {"steps": 100_000}}))
+    cmd = [sys.executable, "-m", "trainlab", "tune", str(space), "--preset", "tiny", "--trials", "3", "--out", str(out)]
+    for number, sig in ((0, signal.SIGINT), (1, signal.SIGKILL)):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for_rows(out / "trials" / f"trial-{number:04d}" / "metrics.jsonl")
+        os.kill(proc.pid, sig)
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), stderr
+        if sig == signal.SIGINT:
+            assert f"trial {number}: " in stdout and "interrupted at step" in stdout and "Traceback" not in stderr
+    store = JournalStorage(JournalFileBackend(str(out / "journal.log")))
+    study = optuna.load_study(study_name="space", storage=store)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING]
+    assert study.trials[0].user_attrs["interrupted_at"] > 0
+    said: list[str] = []
+    fail_dead_trials(study, store, said.append)
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL] * 2
+    assert said == [f"trial 1: left running by a process that is gone ({study.trials[1].user_attrs['pid']}); "
+                    f"marked failed"]

@@ -13,6 +13,7 @@ import copy
 import itertools
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any, Optional
 
@@ -115,6 +116,29 @@ def open_storage(storage: Optional[str], out: Path):
     return optuna.storages.RDBStorage(storage), storage  # e.g. postgresql://user@host/db
 
 
+def fail_dead_trials(study, store, log) -> None:
+    """Trials that a killed process left RUNNING (its pid gone on this host) are marked failed, so the study's
+    list does not hold them as running for good; another process's trials, or another host's, are left be."""
+    import optuna
+
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") == host and isinstance(pid, int) and not _alive(pid):
+            store.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            log(f"trial {t.number}: left running by a process that is gone ({pid}); marked failed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def tune(space_path: Path, preset: Optional[str], config: Optional[Path], sets: list[str], trials: int,
          storage: Optional[str], out: Path, log=print) -> dict[str, Any]:
     import optuna
@@ -134,9 +158,11 @@ def tune(space_path: Path, preset: Optional[str], config: Optional[Path], sets: 
     out.mkdir(parents=True, exist_ok=True)
     pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
               "hyperband": optuna.pruners.HyperbandPruner(), "none": optuna.pruners.NopPruner()}[space["pruner"]]
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # errors only: a failed or interrupted trial is said once, by the objective or the command line
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(study_name=space["study"], storage=store, direction="minimize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(n_startup_trials=min(5, trials)), pruner=pruner)
+    fail_dead_trials(study, store, log)
     log(f"study '{space['study']}' in {where}: {len(study.trials)} trial(s) so far, up to {trials} in all")
 
     def objective(trial) -> float:
@@ -150,6 +176,7 @@ def tune(space_path: Path, preset: Optional[str], config: Optional[Path], sets: 
         run_dir = out / "trials" / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("host", socket.gethostname())
 
         def report(step: int, val: dict) -> bool:
             trial.report(val["loss"], step)
@@ -158,6 +185,11 @@ def tune(space_path: Path, preset: Optional[str], config: Optional[Path], sets: 
         # the trial's own progress lines would interleave with every other trial's: the study logs one line a trial
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
             result = run_mod.train(cfg, run_dir, fresh=True, log=lambda s: None, on_eval=report)
+        if result["stop_reason"] == "interrupted":  # Ctrl-C or a kill: the trial is not a result; the study stops
+            trial.set_user_attr("interrupted_at", result["step"])
+            log(f"  trial {trial.number}: {values} -> interrupted at step {result['step']} (marked failed; the "
+                f"study keeps its finished trials: run the same command to go on)")
+            raise KeyboardInterrupt
         log(f"  trial {trial.number}: {values} -> val loss {result['val']['loss']:.4f}"
             + (" (pruned)" if result["stop_reason"] == "pruned" else ""))
         if result["stop_reason"] == "pruned":
