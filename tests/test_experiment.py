@@ -159,3 +159,38 @@ def test_an_interrupted_tune_stops_and_a_killed_ones_trial_is_marked_failed(tmp_
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL] * 2
     assert said == [f"trial 1: left running by a process that is gone ({study.trials[1].user_attrs['pid']}); "
                     f"marked failed"]
+
+
+def test_ctrl_c_stops_an_ablate_and_the_next_run_of_the_sweep_resumes(tmp_path):
+    """Ctrl-C reaches ablate and its running child alike: the child writes its checkpoint and exits 130, no
+    further run starts, ablate exits 130 saying so; the same command again resumes the run from its checkpoint."""
+    import os
+    import signal
+
+    sweep, out = tmp_path / "sweep.yaml", tmp_path / "out"
+    sweep.write_text(yaml.safe_dump({**SWEEP, "budget": {"steps": 100_000}, "seeds": 1}, sort_keys=False))
+    cmd = [sys.executable, "-m", "trainlab", "ablate", str(sweep), "--out", str(out)]
+    metrics = out / "runs" / "baseline" / "seed-0" / "run" / "metrics.jsonl"
+    for attempt in range(2):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        if attempt == 0:
+            _wait_for_rows(metrics)
+        else:  # the second start resumes the first run where its checkpoint left it
+            _wait_for_resume(metrics)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 130, stderr
+        assert "baseline seed 0: interrupted; its checkpoint is kept" in stdout and "FAILED" not in stdout
+        assert not (out / "runs" / "big_batch").exists()  # nothing started after the interruption
+        assert not (out / "runs" / "baseline" / "seed-0" / "result.json").exists()
+
+
+def _wait_for_resume(metrics, deadline_s: float = 120.0) -> None:
+    import time
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if '"kind": "resume"' in metrics.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{metrics} shows no resume")

@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -193,6 +194,8 @@ def run_one(sweep: Sweep, name: str, k: int, where: Path) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     with open(where / "train.log", "a", encoding="utf-8") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode == 130:  # Ctrl-C or SIGTERM: stopped at a checkpoint, which the next sweep resumes
+        return {"variant": name, "seed": k, "interrupted": True, "log": str(where / "train.log")}
     if proc.returncode != 0:
         return {"variant": name, "seed": k, "failed": True, "returncode": proc.returncode,
                 "log": str(where / "train.log")}
@@ -231,18 +234,33 @@ def run_sweep(sweep: Sweep, out: Path, log: Callable[[str], None] = print,
     log(f"{len(sweep.variants)} variants x {sweep.seeds} seeds = {len(every)} runs{share} ({len(jobs) - pending} done "
         f"already), budget {sweep.budget[1]:,} {sweep.budget[0]} each, {sweep.workers} worker(s)")
     t0 = time.time()
+    stop = threading.Event()  # an interrupted run stops the sweep: no further run starts
 
     def job(item):
         name, k, where = item
+        if stop.is_set():
+            return None
         res = run_one(sweep, name, k, where)
+        if res.get("interrupted"):
+            stop.set()
+            log(f"  {name} seed {k}: interrupted; its checkpoint is kept, and running the sweep again resumes it")
+            return res
         status = ("diverged: its validation loss is not finite" if res.get("diverged") else
                   "FAILED (see " + res["log"] + ")") if res.get("failed") else \
             f"val loss {res['val_loss']:.4f}, {res['tokens']:,} tokens, {res['elapsed_s']:.0f} s"
         log(f"  {name} seed {k}: {status}")
         return res
 
-    with ThreadPoolExecutor(max_workers=sweep.workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=sweep.workers)
+    try:
         results = list(pool.map(job, jobs))
+    except KeyboardInterrupt:  # Ctrl-C reached this process and the running children alike
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)  # the children write their checkpoints and exit
+        raise
+    pool.shutdown()
+    if stop.is_set():
+        raise KeyboardInterrupt  # what finished keeps its result.json; the rest resumes on the next run
     if shard:
         return {"sweep": str(sweep.path), "shard": list(shard), "runs": results, "wall_s": time.time() - t0}
     summary = aggregate(sweep, results)
