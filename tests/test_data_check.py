@@ -72,3 +72,26 @@ def test_data_check_command(paragraphs, tmp_path):
     assert "duplicates in train: exact" in out and "data_duplicates" in out
     doc = json.loads(cli("data", "check", str(tmp_path / "dup.jsonl"), "--json").stdout)
     assert doc["findings"][0]["id"] == "data_duplicates" and doc["findings"][0]["severity"] == "high"
+
+
+def test_instruction_data_is_checked_by_conversation_split_as_the_sft_task_splits_it(paragraphs, tmp_path):
+    """An instruction .jsonl has no 'text' field: its conversations are the units, split by the sft task's own
+    rule (a hash of the messages), so a conversation repeated in the file is found in train (exact and near)."""
+    from trainlab.data.sft import is_val
+
+    pairs = [(f"Say the passage {i}.", p) for i, p in enumerate(paragraphs[:300])]
+    docs = pairs + pairs[:40] + [(q, edit(a)) for q, a in pairs[40:80]]
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text("".join(json.dumps({"instruction": q, "input": "", "output": a}) + "\n" for q, a in docs))
+    r = check_source(DataConfig(source=str(path), val_fraction=0.2))
+    messages = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in docs]
+    n_val = sum(is_val(m, 0.2) for m in messages)
+    assert r["kind"] == "conversations" and r["units_checked"] == {"train": len(docs) - n_val, "val": n_val}
+    exact_train = sum(1 for m in messages[:40] if not is_val(m, 0.2))
+    assert r["train_exact_duplicate_rate"] == pytest.approx(exact_train / (len(docs) - n_val))
+    assert r["train_near_duplicate_rate"] > 0
+    from trainlab.errors import DataError
+
+    with pytest.raises(DataError, match="has a string field 'text'"):  # neither text nor conversations
+        (tmp_path / "other.jsonl").write_text('{"a": 1}\n')
+        check_source(DataConfig(source=str(tmp_path / "other.jsonl")))

@@ -72,6 +72,29 @@ def _read_split(source: Source, split: str) -> tuple[list[str], list[int], Count
     raw = list(units(source, split))
     if source.kind == "text" and len([u for u in raw if len(u) >= MIN_CHARS]) < 0.2 * max(1, len(raw)) + 10:
         raw = [line for u in raw for line in u.splitlines()]  # no paragraph structure: use lines
+    return _measure(raw)
+
+
+def _conversation_splits(cfg: DataConfig) -> Optional[dict[str, list[str]]]:
+    """An instruction .jsonl (conversations in any format the sft task reads) split as that task splits it,
+    each conversation's messages one unit; None when the file holds no conversation."""
+    from trainlab.data.sft import is_val, read_conversations
+    from trainlab.errors import DataError
+
+    path = Path(cfg.source).expanduser()
+    if path.suffix != ".jsonl" or not path.is_file():
+        return None
+    try:
+        conversations, _ = read_conversations(path, strict=False)
+    except DataError:
+        return None
+    out: dict[str, list[str]] = {"train": [], "val": []}
+    for messages in conversations:
+        out["val" if is_val(messages, cfg.val_fraction) else "train"].append("\n".join(m["content"] for m in messages))
+    return out
+
+
+def _measure(raw: list[str]) -> tuple[list[str], list[int], Counter]:
     chars: Counter = Counter()
     for u in raw:
         chars.update(u)
@@ -113,13 +136,23 @@ def _near_duplicates(train: list[str], val: list[str], exact: Counter) -> dict[s
 
 
 def check_source(cfg: DataConfig) -> dict[str, Any]:
+    from trainlab.errors import DataError
+
     source = Source(cfg, cache_dir_of(cfg))
-    (train, train_lengths, train_chars), (val, val_lengths, val_chars) = (_read_split(source, s) for s in ("train", "val"))
+    kind, where = source.kind, str(source.path)
+    try:
+        splits = [_read_split(source, s) for s in ("train", "val")]
+    except DataError:  # a .jsonl without the text field may be instruction data: its conversations are the units
+        conversations = _conversation_splits(cfg)
+        if conversations is None:
+            raise
+        kind, splits = "conversations", [_measure(conversations[s]) for s in ("train", "val")]
+    (train, train_lengths, train_chars), (val, val_lengths, val_chars) = splits
     counts = Counter(train)  # exact duplicates, within train and across the split
     near = _near_duplicates(train, val, counts)
     n_train, n_val = max(1, len(train)), max(1, len(val))
     unseen = sum(c for ch, c in val_chars.items() if ch not in train_chars)
-    return {"source": str(source.path), "kind": source.kind, "val_fraction": cfg.val_fraction,
+    return {"source": where, "kind": kind, "val_fraction": cfg.val_fraction,
             "min_unit_chars": MIN_CHARS,
             "lengths": {"train": _length_stats(train_lengths), "val": _length_stats(val_lengths)},
             "units_checked": {"train": len(train), "val": len(val)},
