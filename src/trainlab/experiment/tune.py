@@ -143,11 +143,29 @@ def tune(space_path: Path, preset: Optional[str], config: Optional[Path], sets: 
          storage: Optional[str], out: Path, log=print) -> dict[str, Any]:
     import optuna
 
-    from trainlab.train import run as run_mod
-
     space = load_space(space_path)
     base = resolve(preset or (None if config else "shakespeare-char"), config, sets).to_dict()
     check_space(base, space, space_path)
+    study, where = open_study(space, trials, storage, out, log)
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    study.optimize(objective_of(space, base, out, log), n_trials=trials, catch=(),
+                   callbacks=[optuna.study.MaxTrialsCallback(trials, states=done)])
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not finished:
+        raise ConfigError("no trial finished (all pruned or failed)")
+    best = study.best_trial
+    best_run = Path(best.user_attrs["run_dir"])
+    shutil.copy(best_run / "config.yaml", out / "best.yaml")
+    return {"study": space["study"], "storage": where, "best": {"number": best.number, "value": best.value,
+            "params": best.params, "run_dir": str(best_run)},
+            "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+                        "pid": t.user_attrs.get("pid")} for t in study.trials]}
+
+
+def open_study(space: dict[str, Any], trials: int, storage: Optional[str], out: Path, log):
+    """(the study, where it is kept): created or loaded, its dead processes' trials marked failed."""
+    import optuna
+
     made = not out.exists()
     try:
         store, where = open_storage(storage, out)
@@ -164,6 +182,14 @@ def tune(space_path: Path, preset: Optional[str], config: Optional[Path], sets: 
                                 sampler=optuna.samplers.TPESampler(n_startup_trials=min(5, trials)), pruner=pruner)
     fail_dead_trials(study, store, log)
     log(f"study '{space['study']}' in {where}: {len(study.trials)} trial(s) so far, up to {trials} in all")
+    return study, where
+
+
+def objective_of(space: dict[str, Any], base: dict[str, Any], out: Path, log):
+    """The study's objective: one trial, a run in out/trials/, its final validation loss."""
+    import optuna
+
+    from trainlab.train import run as run_mod
 
     def objective(trial) -> float:
         values = {k: suggest(trial, k, spec) for k, spec in space["params"].items()}
@@ -196,16 +222,4 @@ def tune(space_path: Path, preset: Optional[str], config: Optional[Path], sets: 
             raise optuna.TrialPruned()
         return float(result["val"]["loss"])
 
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    study.optimize(objective, n_trials=trials, catch=(),
-                   callbacks=[optuna.study.MaxTrialsCallback(trials, states=done)])
-    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not finished:
-        raise ConfigError("no trial finished (all pruned or failed)")
-    best = study.best_trial
-    best_run = Path(best.user_attrs["run_dir"])
-    shutil.copy(best_run / "config.yaml", out / "best.yaml")
-    return {"study": space["study"], "storage": where, "best": {"number": best.number, "value": best.value,
-            "params": best.params, "run_dir": str(best_run)},
-            "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-                        "pid": t.user_attrs.get("pid")} for t in study.trials]}
+    return objective
