@@ -95,3 +95,16 @@ def test_instruction_data_is_checked_by_conversation_split_as_the_sft_task_split
     with pytest.raises(DataError, match="has a string field 'text'"):  # neither text nor conversations
         (tmp_path / "other.jsonl").write_text('{"a": 1}\n')
         check_source(DataConfig(source=str(tmp_path / "other.jsonl")))
+
+
+def test_the_built_instruction_set_is_checked_as_conversations(corpus_cache):
+    """shakespeare-qa is built from a corpus, not a file the user names: `data check shakespeare-qa` and the
+    doctor's data check of an sft run on it read the built file; the doctor does not build it."""
+    from trainlab.data.check import check_config
+
+    cfg = DataConfig(source="shakespeare-qa", cache_dir=str(corpus_cache))
+    r = check_config(cfg)
+    assert r["kind"] == "conversations" and r["source"].endswith("shakespeare-qa.jsonl")
+    assert r["units_checked"]["train"] > 1000 and r["train_exact_duplicate_rate"] == 0
+    assert check_config(DataConfig(source="shakespeare-qa", cache_dir=str(corpus_cache / "elsewhere")),
+                        fetch=False) is None

@@ -474,9 +474,9 @@ def data_check(path: str = typer.Argument(..., help="A bundled corpus name, a .t
     import json
 
     from trainlab.config import DataConfig
-    from trainlab.data.check import check_source, findings_from_check, format_report
+    from trainlab.data.check import check_config, findings_from_check, format_report
 
-    report = check_source(DataConfig(source=path, val_fraction=val_fraction, text_field=text_field))
+    report = check_config(DataConfig(source=path, val_fraction=val_fraction, text_field=text_field))
     findings = findings_from_check(report)
     if as_json:
         print(json.dumps(report | {"findings": [f.to_json() for f in findings]}, indent=1))

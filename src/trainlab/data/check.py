@@ -168,8 +168,14 @@ def check_source(cfg: DataConfig) -> dict[str, Any]:
 
 def check_config(cfg: DataConfig, fetch: bool = True) -> Optional[dict[str, Any]]:
     """check_source, or None when the data is not at hand and fetch is False."""
-    from trainlab.data import corpora
+    from trainlab.data import corpora, shakespeare_qa
 
+    if cfg.source == shakespeare_qa.NAME:  # the instruction set built from a corpus: the built file
+        built = shakespeare_qa.dataset_path(cache_dir_of(cfg))
+        if not built.exists() and not fetch:
+            return None
+        return check_source(cfg.model_copy(update={"source": str(shakespeare_qa.get_dataset(cache_dir_of(cfg),
+                                                                                             quiet=True))}))
     if not fetch:
         if cfg.source in corpora.CORPORA:
             if not corpora.corpus_path(cfg.source, cache_dir_of(cfg)).exists():

@@ -97,7 +97,7 @@ class SFT(TokenTask):
     name = "sft"
     token_loss = True
     sections = {"sft": SFTConfig}
-    doctor_checks = frozenset({"samples"})
+    doctor_checks = frozenset({"data", "samples"})
     data: SFTData
 
     def __init__(self, cfg: RunConfig, data: SFTData, device: torch.device, rank: int = 0, world: int = 1):
