@@ -168,6 +168,8 @@ def test_training_run_logs_components_and_generate_plots(tmp_path, btc):
     out = cli("generate", str(run), "--seed", "3").stdout
     plot = out.strip().split("plot: ")[-1]
     assert plot.endswith(".png") and (run / plot.split("/")[-1]).stat().st_size > 5000
+    refused = cli("generate", str(run), "--prompt", "BTC", check=False)  # a prompt would be ignored: refused
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--prompt applies to text runs" in refused.stderr
     # eval --data scores every window of another file: its uniform baseline, a function of the windows
     # alone, equals one computed by hand over all of them
     other = tmp_path / "head.csv"

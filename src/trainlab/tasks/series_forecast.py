@@ -325,6 +325,9 @@ class SeriesForecast(Task):
     def generate(cls, run: LoadedRun, request: GenerationRequest) -> str:
         """A forecast from the last row of the run's data: the median close and its 80% interval for the next
         `--max-new-tokens` steps (at most 24; `trainlab forecast` writes the full table and plot)."""
+        if request.prompt:
+            raise ConfigError("--prompt applies to text runs; a forecaster's generate forecasts from the last row of "
+                              "its data (`trainlab forecast --at` starts from another)")
         tok = load_tokenizer(type(run.cfg), run.run_dir / "tokenizer", run.cfg.model.seq_len + 25)
         data = load_data(cls.eval_config(run.cfg, run.run_dir, None), tok)
         horizon = min(request.max_new_tokens, 24)
@@ -333,7 +336,7 @@ class SeriesForecast(Task):
         paths = sample_closes(run.model, data, np.array([at]), horizon, 100, request.temperature, request.top_p,
                               gen)[0]
         q = np.quantile(paths, [0.1, 0.5, 0.9], axis=0)
-        lines = [f"{request.prompt}forecast from {data.candles.timestamps[at]} (close "
+        lines = [f"forecast from {data.candles.timestamps[at]} (close "
                  f"{data.candles.values[at, data.s.features.index('close')]:g}), 100 paths at temperature "
                  f"{request.temperature:g}:"]
         lines += [f"  +{h + 1:>2}: median {q[1, h]:.2f}  80% [{q[0, h]:.2f}, {q[2, h]:.2f}]" for h in range(horizon)]

@@ -22,6 +22,7 @@ from pydantic import Field
 from trainlab.config import RunConfig, Section
 from trainlab.data import series
 from trainlab.data.prepare import EpochOrder
+from trainlab.errors import ConfigError
 from trainlab.tasks.base import Batch, Forward, GenerationRequest, LoadedRun, Reduce, Task, chunks
 
 
@@ -222,6 +223,9 @@ class SeriesTokenizer(Task):
     def generate(cls, run: LoadedRun, request: GenerationRequest) -> str:
         """A validation window reconstructed through the codes (`--seed` picks the window), against uniform
         quantisation at the same bits, and its plot."""
+        if request.prompt:
+            raise ConfigError("--prompt applies to text runs; a series tokenizer's generate reconstructs a validation "
+                              "window (--seed picks which)")
         r = reconstruct(run, index=request.seed or 0)
         plot = f"plot: {r['plot']}" if r["plot"] else "plot: skipped, matplotlib is missing (pip install 'trainlab[plots]')"
         return (f"validation window from {r['window_start']}: reconstruction mse {r['mse']:.4f} (normalised units), "
