@@ -9,6 +9,7 @@ tools is needed here: the readers read the files directly.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -488,3 +489,24 @@ def test_a_folder_holding_one_trainlab_run_reads_that_run(tmp_path):
     shutil.copytree(src, project / "runs" / "other")
     with pytest.raises(TrainlabError, match="holds 2 trainlab runs, not one"):
         detect(project)
+
+
+def test_a_trainer_log_with_evaluations_only_still_shows_overfitting_and_why_no_training_loss(tmp_path):
+    """A run shorter than the Trainer's logging_steps (500 by default) logs no training loss, only its
+    evaluations and the end-of-run summary. The validation curve alone (pl-char-data-2.5k's, an overfitting run)
+    gives a medium overfitting finding that says it cannot rule out instability, and a note names logging_steps."""
+    base = read(REPO / "tests" / "fixtures" / "doctor" / "corpus" / "pl-char-data-2.5k" / "metrics.csv")
+    vsteps, vloss = base.col("loss", "val")
+    last = int(vsteps[-1])
+    history = [{"eval_loss": float(v), "step": int(s), "epoch": round(s / last, 2)} for s, v in zip(vsteps, vloss)]
+    history.append({"train_loss": 1.2, "train_runtime": 60.0, "step": last, "epoch": 1.0})
+    state = tmp_path / "trainer_state.json"
+    state.write_text(json.dumps({"log_history": history, "global_step": last, "max_steps": last, "logging_steps": 500}))
+    diag = diagnose(state)
+    first = diag.findings[0]
+    assert first.id == "overfitting" and first.severity == "medium" and "no training loss" in first.evidence
+    assert any(f"logging_steps=500 is more than the run's {last} steps" in n for n in diag.notes)
+    # a validation loss that kept falling is no finding
+    history = [{"eval_loss": 3.0 - 0.1 * i, "step": 50 * (i + 1)} for i in range(8)]
+    state.write_text(json.dumps({"log_history": history, "global_step": 400, "logging_steps": 500}))
+    assert not [f for f in diagnose(state).findings if f.id == "overfitting"]

@@ -494,6 +494,8 @@ def overfitting(c: Curves) -> Optional[Finding]:
     rise = final - best
     if rise < max(0.01, 0.01 * best) or best_step == int(c.vsteps[-1]):
         return None
+    if c.n == 0 and not c.nonfinite:
+        return _overfitting_without_training_loss(c, best_step, best, final)
     after_best = c.loss[c.tsteps > best_step]
     before = c.loss[c.tsteps <= best_step]
     if len(after_best) < 2 or len(before) == 0:
@@ -526,6 +528,24 @@ def overfitting(c: Curves) -> Optional[Finding]:
                    "The model memorises the training set. Stop at the best validation loss (early stopping keeps "
                    "that checkpoint), get more data, or regularise (dropout, weight decay, a smaller model).",
                    over, {"best_step": best_step, "stop_step": stop_at})
+
+
+def _overfitting_without_training_loss(c: Curves, best_step: int, best: float, final: float) -> Optional[Finding]:
+    """A log with validation losses only (the Trainer logs no training loss in a run shorter than its
+    logging_steps, 500 by default): a validation loss whose last two evaluations both sit above its best by the
+    rise overfitting asks of any run is overfitting or instability; without the training curve the two cannot
+    be told apart, so medium, and said so."""
+    later = c.vloss[c.vsteps > best_step]
+    if len(later) < 2 or float(later[-2:].min()) - best < max(0.01, 0.01 * best):
+        return None
+    return Finding("overfitting", "medium",
+                   f"validation loss reached its best {fmt(best)} at step {best_step}, then rose to {fmt(final)} by step "
+                   f"{int(c.vsteps[-1])} (+{fmt(final - best)}, above the best at each of the last two evaluations); "
+                   f"the log holds no training loss, so a run that became unstable looks the same.",
+                   "Likely memorisation of the training set: keep the best checkpoint (early stopping), train fewer "
+                   "epochs, or regularise. Log the training loss too (more often than once a run) to tell it from "
+                   "instability.",
+                   {"early_stopping.patience": c.s.fact("patience") or 3}, {"best_step": best_step})
 
 
 # a vocabulary above this is what a smaller BPE would cut (the advice's 4k-16k)

@@ -27,6 +27,23 @@ def read_hf_trainer_state(path: Path) -> RunSeries:
     except (OSError, ValueError, KeyError, TypeError):
         raise TrainlabError(f"'{path}' is not a Hugging Face trainer_state.json (no log_history)") from None
     series = RunSeries("hf_trainer", Path(path))
+    _hf_rows(series, history)
+    if not series.train and not series.val:
+        raise TrainlabError(f"'{path}': its log_history holds no losses")
+    logging_steps, steps = state.get("logging_steps"), state.get("global_step") or state.get("max_steps")
+    if not series.train and isinstance(logging_steps, int) and isinstance(steps, int) and logging_steps > steps > 0:
+        series.notes.append(f"the Trainer logged no training loss: logging_steps={logging_steps} is more than the "
+                            f"run's {steps} steps (set logging_steps to about {max(1, steps // 50)})")
+    unmask_nonfinite(series)
+    lr_facts(series)
+    series.facts.update(max_steps=state.get("max_steps"), batch_size=state.get("train_batch_size"))
+    stated_facts(series, _training_args(series))  # a training_args.json saved beside it: weight decay, clipping
+    model_facts(series, json_beside(series, "config.json"))  # the model's config.json: tells a fine-tune from scratch
+    return series
+
+
+def _hf_rows(series: RunSeries, history: list) -> None:
+    """log_history's entries as training and evaluation rows (the end-of-training summary left out)."""
     for entry in history:
         if not isinstance(entry, dict) or "step" not in entry:
             continue
@@ -44,14 +61,6 @@ def read_hf_trainer_state(path: Path) -> RunSeries:
             series.train.append(train)
         if len(val) > 1:
             series.val.append(val)
-    if not series.train and not series.val:
-        raise TrainlabError(f"'{path}': its log_history holds no losses")
-    unmask_nonfinite(series)
-    lr_facts(series)
-    series.facts.update(max_steps=state.get("max_steps"), batch_size=state.get("train_batch_size"))
-    stated_facts(series, _training_args(series))  # a training_args.json saved beside it: weight decay, clipping
-    model_facts(series, json_beside(series, "config.json"))  # the model's config.json: tells a fine-tune from scratch
-    return series
 
 
 # --------------------------------------------------------------------------------------------
