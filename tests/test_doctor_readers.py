@@ -510,3 +510,14 @@ def test_a_trainer_log_with_evaluations_only_still_shows_overfitting_and_why_no_
     history = [{"eval_loss": 3.0 - 0.1 * i, "step": 50 * (i + 1)} for i in range(8)]
     state.write_text(json.dumps({"log_history": history, "global_step": 400, "logging_steps": 500}))
     assert not [f for f in diagnose(state).findings if f.id == "overfitting"]
+
+
+@pytest.mark.parametrize("fmt,header", [("lightning", "step,train_loss,val_loss"), ("wandb", "Step,train/loss,eval/loss")])
+def test_ragged_csv_rows_are_read_not_a_traceback(tmp_path, fmt, header):
+    """A row with cells beyond the header's (a hand-edited file, a log appended to by a second run) or short of
+    it: the extra cells are ignored, a missing cell is a metric not logged on that row."""
+    path = tmp_path / "log.csv"
+    path.write_text(f"{header}\n1,3.2,3.1\n2,2.9,2.8,extra,7\n3,2.7\n4,2.5,2.6\n")
+    series = read(path, fmt)
+    assert series.col("loss")[1].tolist() == [3.2, 2.9, 2.7, 2.5]
+    assert series.col("loss", "val")[1].tolist() == [3.1, 2.8, 2.6]

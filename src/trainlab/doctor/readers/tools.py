@@ -76,7 +76,7 @@ def read_lightning_csv(path: Path) -> RunSeries:
         raise TrainlabError(f"'{path}' is not a Lightning metrics.csv or a per-epoch CSV (no 'step' or 'epoch' column)")
     series = RunSeries("lightning", Path(path))
     # epochs as Keras counts them from 0: the values of epoch 0 are those after one epoch
-    shift = 1 if axis == "epoch" and any(row.get("epoch", "").strip() in ("0", "0.0") for row in rows) else 0
+    shift = 1 if axis == "epoch" and any((row.get("epoch") or "").strip() in ("0", "0.0") for row in rows) else 0
     if axis == "epoch":
         series.facts["steps_are_epochs"] = True
         series.notes.append(f"'{Path(path).name}' has no step column: its epochs are read as steps, one per epoch "
@@ -88,12 +88,13 @@ def read_lightning_csv(path: Path) -> RunSeries:
         except (TypeError, ValueError):
             continue
         for name, text in row.items():
-            if name in ("step", "epoch") or text in (None, ""):
-                continue
+            if name in (None, "step", "epoch") or not isinstance(text, str) or not text:
+                continue  # None: a row's cells beyond the header's; an empty cell: not logged on that row
             try:
-                points.setdefault(name, []).append((step, float(text)))
+                value = float(text)
             except ValueError:
                 continue
+            points.setdefault(name, []).append((step, value))
     merged: dict[tuple[str, int], dict] = {}
     for (split, key), name in most_logged(points).items():
         for step, value in points[name]:

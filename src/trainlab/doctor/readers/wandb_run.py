@@ -85,7 +85,9 @@ def read_wandb_csv(path: Path) -> RunSeries:
         if step is None or not math.isfinite(step):
             continue
         for name, text in row.items():
-            if name in (step_col, "_step") or text in (None, "") or name.endswith(("__MIN", "__MAX")) or name.startswith("_"):
+            if name is None or not isinstance(text, str) or not text:  # cells beyond the header's; empty cells
+                continue
+            if name in (step_col, "_step") or name.endswith(("__MIN", "__MAX")) or name.startswith("_"):
                 continue
             value = number(text)
             if value is not None:  # a chart's export names columns "<run> - <metric>"
