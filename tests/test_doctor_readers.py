@@ -521,3 +521,30 @@ def test_ragged_csv_rows_are_read_not_a_traceback(tmp_path, fmt, header):
     series = read(path, fmt)
     assert series.col("loss")[1].tolist() == [3.2, 2.9, 2.7, 2.5]
     assert series.col("loss", "val")[1].tolist() == [3.1, 2.8, 2.6]
+
+
+def test_damaged_steps_leave_their_rows_out_in_every_reader(tmp_path):
+    """A hand-edited or truncated log: a step that is text, a list, inf or too large for an int, a tokens count
+    that is not a number. Each such row is left out; the rest is read (these were tracebacks)."""
+    src = REPO / "tests" / "fixtures" / "doctor"
+    state = json.loads((src / "foreign" / "hf" / "healthy" / "trainer_state.json").read_text())
+    n = sum(1 for e in state["log_history"] if "loss" in e and "step" in e)
+    for entry, bad in zip([e for e in state["log_history"] if "loss" in e][:3], ("abc", [1], 1e308)):
+        entry["step"] = bad
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "trainer_state.json").write_text(json.dumps(state))
+    assert len(read(tmp_path / "hf").col("loss")[0]) == n - 3
+
+    lines = (src / "foreign" / "lightning" / "healthy" / "metrics.csv").read_text().splitlines()
+    (tmp_path / "pl").mkdir()
+    (tmp_path / "pl" / "metrics.csv").write_text("\n".join([lines[0], *lines[1:3], "0,,1e999,2.0,"] + lines[3:]) + "\n")
+    assert len(read(tmp_path / "pl").col("loss")[0]) == len(read(src / "foreign" / "lightning" / "healthy").col("loss")[0])
+
+    run = tmp_path / "tl"
+    shutil.copytree(src / "corpus" / "tl-char-cosine", run)
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    first, second = json.loads(rows[0]), json.loads(rows[1])
+    first["step"], second["tokens"] = {"a": 1}, {"a": 1}
+    (run / "metrics.jsonl").write_text("\n".join([json.dumps(first), json.dumps(second), *rows[2:]]) + "\n")
+    series = read(run)
+    assert series.fact("tokens_seen") > 0 and diagnose(run, check_data=False).verdict

@@ -32,7 +32,9 @@ class RunSeries:
     def col(self, key: str, split: str = "train", finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of one metric, in step order; non-finite values dropped unless finite=False."""
         rows = self.train if split == "train" else self.val
-        pairs = [(r["step"], float(r[key])) for r in rows if isinstance(r.get(key), (int, float))]
+        # a number that is not a bool, at a whole step (readers drop damaged rows; a series built by hand may not)
+        pairs = [(r["step"], float(r[key])) for r in rows if isinstance(r.get(key), (int, float))
+                 and not isinstance(r[key], bool) and isinstance(r.get("step"), int) and not isinstance(r["step"], bool)]
         if finite:
             pairs = [p for p in pairs if math.isfinite(p[1])]
         pairs.sort(key=lambda p: p[0])

@@ -7,7 +7,7 @@ import csv
 import math
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from trainlab.doctor.series import RunSeries
 from trainlab.errors import TrainlabError
@@ -115,6 +115,18 @@ SETTINGS = {
     "decay_lr": "decay_lr", "min_lr": "min_lr", "batch_size": "batch_size",
     "per_device_train_batch_size": "batch_size", "dropout": "dropout",
 }
+
+
+def as_step(value: Any) -> Optional[int]:
+    """A logged step as an int: a whole, finite, non-negative number (or its text); None for anything else, so
+    that a damaged row is left out rather than stopping the read."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        value = number(value)
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value < 1e15:
+        return None
+    return int(value)
 
 
 def number(text: str) -> Optional[float]:

@@ -6,13 +6,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from trainlab.doctor.readers.common import as_step
 from trainlab.doctor.series import RunSeries
 from trainlab.errors import TrainlabError
 from trainlab.monitor.sinks import read_jsonl
 
 
 def read_trainlab(run_dir: Path) -> RunSeries:
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+    rows = []
+    for r in read_jsonl(run_dir / "metrics.jsonl"):  # a damaged row (a hand edit) is left out, not a traceback
+        step = as_step(r.get("step"))
+        if step is not None:
+            rows.append({**r, "step": step})
     if not rows:
         raise TrainlabError(f"'{run_dir / 'metrics.jsonl'}' holds no metrics yet")
     series = RunSeries("trainlab", run_dir,
@@ -22,8 +27,9 @@ def read_trainlab(run_dir: Path) -> RunSeries:
                        samples=read_jsonl(run_dir / "samples.jsonl"))
     env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").exists() else {}
     series.facts.update(_trainlab_facts(run_dir, env))
-    series.facts["tokens_seen"] = max((r.get("tokens", 0) for r in rows), default=0)
-    counted = [r for r in series.train if r.get("step") and r.get("tokens")]
+    tokens = [r["tokens"] for r in rows if isinstance(r.get("tokens"), (int, float)) and not isinstance(r["tokens"], bool)]
+    series.facts["tokens_seen"] = max(tokens, default=0)
+    counted = [r for r in series.train if r["step"] and isinstance(r.get("tokens"), (int, float)) and r["tokens"] > 0]
     if counted:  # the trainer's own count (all processes, SFT's mean example length) beats the config's
         series.facts["tokens_per_step"] = round(counted[-1]["tokens"] / counted[-1]["step"])
     return series

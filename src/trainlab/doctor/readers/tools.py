@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trainlab.doctor.readers.common import (TRAIN_PREFIXES, VAL_PREFIXES, classify, csv_rows, finish, lr_facts,
+from trainlab.doctor.readers.common import (TRAIN_PREFIXES, VAL_PREFIXES, as_step, classify, csv_rows, finish, lr_facts,
                                             most_logged, names_split, stated_facts, unmask_nonfinite)
 from trainlab.doctor.series import RunSeries
 from trainlab.doctor.vocabulary import _training_args, json_beside
@@ -45,9 +45,9 @@ def read_hf_trainer_state(path: Path) -> RunSeries:
 def _hf_rows(series: RunSeries, history: list) -> None:
     """log_history's entries as training and evaluation rows (the end-of-training summary left out)."""
     for entry in history:
-        if not isinstance(entry, dict) or "step" not in entry:
+        step = as_step(entry.get("step")) if isinstance(entry, dict) else None
+        if step is None:
             continue
-        step = int(entry["step"])
         train, val = {"step": step}, {"step": step}
         for name, value in entry.items():
             if name in ("step", "epoch") or not isinstance(value, (int, float)):
@@ -83,10 +83,10 @@ def read_lightning_csv(path: Path) -> RunSeries:
                             f"done")
     points: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
-        try:
-            step = int(float(row[axis])) + shift
-        except (TypeError, ValueError):
+        step = as_step(row.get(axis))
+        if step is None:
             continue
+        step += shift
         for name, text in row.items():
             if name in (None, "step", "epoch") or not isinstance(text, str) or not text:
                 continue  # None: a row's cells beyond the header's; an empty cell: not logged on that row
