@@ -548,3 +548,13 @@ def test_damaged_steps_leave_their_rows_out_in_every_reader(tmp_path):
     (run / "metrics.jsonl").write_text("\n".join([json.dumps(first), json.dumps(second), *rows[2:]]) + "\n")
     series = read(run)
     assert series.fact("tokens_seen") > 0 and diagnose(run, check_data=False).verdict
+
+
+def test_a_console_line_with_an_absurd_step_is_left_out(tmp_path):
+    """A garbled console line ('step 99999999999999999999') was an OverflowError building the curves."""
+    log = _path("console/nanogpt", "healthy", "train.log").read_text().splitlines()
+    garbled = tmp_path / "train.log"
+    garbled.write_text("\n".join(log[:20] + ["iter 99999999999999999999: loss 2.0000, time 10.00ms"] + log[20:]) + "\n")
+    assert len(read(garbled, "console").col("loss")[0]) == len(read(_path("console/nanogpt", "healthy", "train.log"),
+                                                                      "console").col("loss")[0])
+    assert diagnose(garbled, fmt="console").verdict

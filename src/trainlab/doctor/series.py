@@ -34,7 +34,8 @@ class RunSeries:
         rows = self.train if split == "train" else self.val
         # a number that is not a bool, at a whole step (readers drop damaged rows; a series built by hand may not)
         pairs = [(r["step"], float(r[key])) for r in rows if isinstance(r.get(key), (int, float))
-                 and not isinstance(r[key], bool) and isinstance(r.get("step"), int) and not isinstance(r["step"], bool)]
+                 and not isinstance(r[key], bool) and isinstance(r.get("step"), int) and not isinstance(r["step"], bool)
+                 and 0 <= r["step"] < 10**15]
         if finite:
             pairs = [p for p in pairs if math.isfinite(p[1])]
         pairs.sort(key=lambda p: p[0])
@@ -48,7 +49,7 @@ class RunSeries:
 
     @property
     def last_step(self) -> int:
-        steps = [r["step"] for r in self.train + self.val]
+        steps = [r["step"] for r in self.train + self.val if isinstance(r.get("step"), int) and 0 <= r["step"] < 10**15]
         return max(steps) if steps else 0
 
     def fact(self, key: str, default: Any = None) -> Any:
