@@ -13,6 +13,7 @@ from trainlab.config import DataConfig, ModelConfig
 from trainlab.tasks.series_tokenizer import SeriesConfig
 from trainlab.data import series
 from trainlab.data.corpora import get_corpus
+from trainlab.errors import DataError
 from trainlab.models.series import BSQ, SeriesTokenizer
 from trainlab.tasks.series_tokenizer import uniform_bits, uniform_quantise
 
@@ -207,14 +208,44 @@ def test_training_run_logs_components_and_generate_plots(tmp_path, btc):
     assert "negative_loss_explained" in found and not found & {"batch_too_small", "lr_too_high"}
 
 
-@pytest.mark.parametrize("text,message", [
-    ("date,open,high,low\n1,2,3,4\n", "lacks the column(s) close, volume"),
-    ("date,open,high,low,close,volume\n1,2,3,4,x,6\n", "line 2: close is 'x', not a number"),
+@pytest.mark.parametrize("text,sets,message", [
+    ("date,open,high,low\n1,2,3,4\n", [], "lacks the column(s) close, volume"),
+    ("date,open,high,low,close,volume\n1,2,3,4,x,6\n", [], "has a number in every column it needs"),
+    ("date,open,high,low,close,volume\n1,2,3,4,5,6\n2,2,3,4,x,6\n", ["data.strict=true"],
+     "line 3: close is 'x', not a finite number (data.strict=true"),
 ])
-def test_bad_csv_exits_2(tmp_path, text, message):
+def test_bad_csv_exits_2(tmp_path, text, sets, message):
     path = tmp_path / "bad.csv"
     path.write_text(text)
-    proc = cli("train", "--preset", "kronos-btc", "--set", f"data.source={path}", "--run-dir", str(tmp_path / "r"),
+    extra = [arg for s in sets for arg in ("--set", s)]
+    proc = cli("train", "--preset", "kronos-btc", "--set", f"data.source={path}", *extra, "--run-dir", str(tmp_path / "r"),
                check=False)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_damaged_unordered_and_repeated_rows_are_skipped_sorted_and_kept_once(tmp_path, btc):
+    """An exchange export with rows missing a value ('', 'nan', 'n/a'), a block out of order and a repeated
+    hour reads as the clean file's rows it still holds, oldest first, each hour once, and says what it did;
+    with data.strict the first damaged row is an error naming its line."""
+    lines = btc.read_text().splitlines()
+    header, body = lines[0], lines[1:301]
+    damaged = list(body)
+    for i, cell in ((10, ""), (50, "nan"), (90, "n/a")):
+        cells = damaged[i].split(",")
+        cells[4] = cell  # close
+        damaged[i] = ",".join(cells)
+    damaged[100:110] = damaged[105:110] + damaged[100:105]  # a block out of order
+    damaged.insert(200, damaged[199])  # an hour twice
+    path = tmp_path / "export.csv"
+    path.write_text("\n".join([header, *damaged]) + "\n")
+    features = ["open", "high", "low", "close", "volume", "amount"]
+    got, clean = series.read_candles(path, features), series.read_candles(btc, features)
+    kept = [i for i in range(300) if i not in (10, 50, 90)]
+    assert got.timestamps == [clean.timestamps[i] for i in kept]
+    assert np.array_equal(got.values, clean.values[kept])
+    assert got.notes == ["3 row(s) with a value missing or not a number were skipped (first at line(s) 12, 52, 92)",
+                         "rows were out of time order; sorted by timestamp",
+                         "1 repeated timestamp(s); kept the last row of each"]
+    with pytest.raises(DataError, match="line 12: close is '', not a finite number"):
+        series.read_candles(path, features, strict=True)

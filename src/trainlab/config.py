@@ -133,7 +133,7 @@ class DataConfig(Section):
     text_field: str = "text"
     """Field holding the text in .jsonl input."""
     strict: bool = False
-    """Fail on a broken .jsonl line instead of skipping it and reporting the count."""
+    """Fail on a broken .jsonl line or candle CSV row instead of skipping it and reporting the count."""
     cache_dir: Optional[str] = None
     """Where corpora and token shards are cached; default $TRAINLAB_CACHE or ~/.cache/trainlab."""
 

@@ -154,9 +154,12 @@ def _read_rows(path: Path, columns: Optional[dict[str, str]]) -> tuple[list[str]
     return rows[0], rows[1:]
 
 
-def read_candles(path: Path, features: list[str], columns: Optional[dict[str, str]] = None) -> Candles:
-    """Rows oldest first (a newest-first file is reversed); column names in any case with the common aliases,
-    or as `columns` maps them; a missing amount becomes volume x mean(open, high, low, close)."""
+def read_candles(path: Path, features: list[str], columns: Optional[dict[str, str]] = None,
+                 strict: bool = False) -> Candles:
+    """Rows oldest first (a newest-first file is reversed, an unordered one sorted, a repeated timestamp kept
+    once: its last row); column names in any case with the common aliases, or as `columns` maps them; a missing
+    amount becomes volume x mean(open, high, low, close). A row with a needed value missing or not a number is
+    skipped and counted (with `strict`, an error naming its line). What was decided is in `notes`."""
     header, rows = _read_rows(path, columns)
     where = map_columns(header, columns, path)
     missing = [c for c in REQUIRED if c not in where]
@@ -167,17 +170,8 @@ def read_candles(path: Path, features: list[str], columns: Optional[dict[str, st
     if unknown:
         raise DataError(f"series.features names {', '.join(unknown)}, not a column of '{path}'")
     read = [f for f in features if f in where]
-    values = np.empty((len(rows), len(read)), dtype=np.float64)
-    for i, row in enumerate(rows):
-        for j, f in enumerate(read):
-            cell = row[where[f]] if where[f] < len(row) else ""
-            try:
-                values[i, j] = float(cell)
-            except ValueError:
-                raise DataError(f"'{path}' line {i + 2}: {f} is {cell!r}, not a number") from None
-    if not np.isfinite(values).all():
-        raise DataError(f"'{path}' holds non-finite values")
-    notes = []
+    notes: list[str] = []
+    values, rows = _numbers(rows, where, read, Path(path), strict, notes)
     if "amount" in features and "amount" not in where:
         ohlc = values[:, [read.index(c) for c in ("open", "high", "low", "close")]].mean(1)
         values = np.concatenate([values, (values[:, read.index("volume")] * ohlc)[:, None]], axis=1)
@@ -186,11 +180,59 @@ def read_candles(path: Path, features: list[str], columns: Optional[dict[str, st
     stamps = [row[where["timestamp"]] if where["timestamp"] < len(row) else "" for row in rows] \
         if "timestamp" in where else [str(i) for i in range(len(rows))]
     times = _times(stamps) if "timestamp" in where else None
-    if times is not None and len(times) > 1 and times[0] > times[-1]:
-        values, stamps, times = values[::-1].copy(), stamps[::-1], times[::-1].copy()
-        notes.append("rows were newest first; read oldest first")
+    if times is not None:
+        values, stamps, times = _in_time_order(values, stamps, times, notes)
     order = [read.index(f) for f in features if f in read]
     return Candles(stamps, values[:, order], [read[k] for k in order], Path(path), times, notes)
+
+
+def _numbers(rows: list[list[str]], where: dict[str, int], read: list[str], path: Path, strict: bool,
+             notes: list[str]) -> tuple[np.ndarray, list[list[str]]]:
+    """The rows' needed values as floats, and the rows kept: a row with a value missing, not a number or not
+    finite is skipped and counted (exchange exports have such rows), or with `strict` is an error."""
+    values = np.full((len(rows), len(read)), np.nan)
+    skipped: list[int] = []
+    for i, row in enumerate(rows):
+        for j, f in enumerate(read):
+            cell = row[where[f]] if where[f] < len(row) else ""
+            try:
+                values[i, j] = float(cell)
+            except ValueError:
+                pass
+            if not np.isfinite(values[i, j]):
+                if strict:
+                    raise DataError(f"'{path}' line {i + 2}: {f} is {cell!r}, not a finite number (data.strict=true; "
+                                    f"set it false to skip such rows)")
+                skipped.append(i)
+                break
+    if skipped:
+        keep = np.ones(len(rows), dtype=bool)
+        keep[skipped] = False
+        values, rows = values[keep], [r for r, k in zip(rows, keep) if k]
+        notes.append(f"{len(skipped)} row(s) with a value missing or not a number were skipped (first at line(s) "
+                     f"{', '.join(str(i + 2) for i in skipped[:3])})")
+    if not len(values):
+        raise DataError(f"no row of '{path}' has a number in every column it needs ({', '.join(read)})")
+    return values, rows
+
+
+def _in_time_order(values: np.ndarray, stamps: list[str], times: np.ndarray,
+                   notes: list[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Oldest first: a newest-first file reversed, an unordered one sorted (stable); a timestamp that repeats
+    keeps its last row."""
+    if len(times) > 1 and times[0] > times[-1]:
+        values, stamps, times = values[::-1].copy(), stamps[::-1], times[::-1].copy()
+        notes.append("rows were newest first; read oldest first")
+    if np.any(np.diff(times) < 0):
+        order = np.argsort(times, kind="stable")
+        values, stamps, times = values[order], [stamps[i] for i in order], times[order]
+        notes.append("rows were out of time order; sorted by timestamp")
+    last = np.ones(len(times), dtype=bool)
+    last[:-1] = times[:-1] != times[1:]  # after sorting, a repeat sits right before its later copy
+    if not last.all():
+        notes.append(f"{int((~last).sum())} repeated timestamp(s); kept the last row of each")
+        values, stamps, times = values[last], [st for st, k in zip(stamps, last) if k], times[last]
+    return values, stamps, times
 
 
 def _times(stamps: list[str]) -> Optional[np.ndarray]:
@@ -232,7 +274,7 @@ class SeriesData:
 
 
 def load(cfg: DataConfig, series: SeriesConfig) -> SeriesData:
-    candles = read_candles(source_path(cfg), series.features, series.columns)
+    candles = read_candles(source_path(cfg), series.features, series.columns, strict=cfg.strict)
     n = len(candles.values)
     split = int(round(n * (1 - cfg.val_fraction)))
     data = SeriesData(candles, split, series)

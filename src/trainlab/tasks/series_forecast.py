@@ -178,7 +178,7 @@ def load_data(cfg: RunConfig, tok: Optional[FrozenTokenizer] = None, whole: bool
         tok = load_tokenizer(type(cfg), Path(cfg.series.tokenizer_run), cfg.model.seq_len + 1)
     cfg = with_tokenizer(cfg, tok)
     s = cfg.series
-    candles = series.read_candles(series.source_path(cfg.data), s.features, s.columns)
+    candles = series.read_candles(series.source_path(cfg.data), s.features, s.columns, strict=cfg.data.strict)
     if candles.features != list(s.features):
         raise DataError(f"'{candles.path}' gives the features {candles.features}; the tokenizer reads {s.features}")
     n = len(candles.values)
@@ -306,6 +306,7 @@ class SeriesForecast(Task):
         return (f"{len(c.values):,} rows x {len(c.features)} features | {len(self.train_starts):,} train windows "
                 f"(rows before {c.timestamps[d.val_start]}), {len(d.val_starts):,} validation windows, test from "
                 f"{c.timestamps[d.test_start]} | tokenizer {d.tokenizer.path} (frozen, encoded causally)"
+                + "".join(f" | {note}" for note in c.notes)
                 + ("" if d.tokenizer.s.causal else
                    " | WARNING: the tokenizer was trained with its encoder seeing whole windows (series.causal="
                    "false), so the causal codes a forecaster needs are not the ones it learned; retrain it with "

@@ -235,7 +235,7 @@ class SeriesTokenizer(Task):
         c = self.data.candles
         return (f"{len(c.values):,} rows x {len(c.features)} features ({', '.join(c.features)}) | "
                 f"{len(self.train_starts):,} train windows, {len(self.data.starts('val')):,} val windows of "
-                f"{self.cfg.series.window} steps")
+                f"{self.cfg.series.window} steps" + "".join(f" | {note}" for note in c.notes))
 
 
 def reconstruct(run: LoadedRun, index: int = 0, out: Path | None = None) -> dict[str, Any]:
