@@ -108,3 +108,28 @@ def test_the_built_instruction_set_is_checked_as_conversations(corpus_cache):
     assert r["units_checked"]["train"] > 1000 and r["train_exact_duplicate_rate"] == 0
     assert check_config(DataConfig(source="shakespeare-qa", cache_dir=str(corpus_cache / "elsewhere")),
                         fetch=False) is None
+
+
+def test_candle_check_counts_gaps_repeats_and_impossible_candles(corpus_cache, tmp_path):
+    """`data check` on a candle CSV: the bundled hourly BTC file has no gap (12 of its rows, on 2017-11-12,
+    are interleaved out of order and are sorted); a slice with 5 hours cut out in two places, one hour twice and
+    one candle whose high is below its low reports exactly those."""
+    from trainlab.data.check import check_candles, format_candles
+    from trainlab.data.corpora import get_corpus
+
+    btc = get_corpus("btc-1h", corpus_cache)
+    r = check_candles(btc)
+    assert r["rows"] == 20_111 and r["spacing_s"] == 3600 and r["gaps"] == 0 and r["missing_rows"] == 0
+    assert r["notes"] == ["rows were out of time order; sorted by timestamp"] and r["high_below_low"] == 0
+    lines = btc.read_text().splitlines()
+    header, body = lines[0], lines[1:201]
+    cells = body[50].split(",")
+    cells[2], cells[3] = cells[3], str(float(cells[2]) + 1)  # high below low
+    body[50] = ",".join(cells)
+    cut = body[:100] + body[102:150] + body[153:] + [body[160]]  # 2 hours, then 3, missing; one hour twice
+    path = tmp_path / "slice.csv"
+    path.write_text("\n".join([header, *cut]) + "\n")
+    r = check_candles(path)
+    assert (r["rows"], r["gaps"], r["missing_rows"], r["largest_gap_s"]) == (195, 2, 5, 4 * 3600)
+    assert r["high_below_low"] == 1 and "1 repeated timestamp(s); kept the last row of each" in r["notes"]
+    assert "2 gap(s) in it, 5 row(s) missing in all, the largest 4 h" in format_candles(r)

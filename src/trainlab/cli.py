@@ -466,16 +466,30 @@ def data_get(name: str = typer.Argument(...),
 
 
 @data_app.command("check")
-def data_check(path: str = typer.Argument(..., help="A bundled corpus name, a .txt file or folder, or a .jsonl."),
+def data_check(path: str = typer.Argument(..., help="A bundled corpus name, a .txt file or folder, a .jsonl, or a "
+                                          "candle .csv."),
                val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.5),
                text_field: str = typer.Option("text", "--text-field", help="The .jsonl field holding the text."),
+               columns: Optional[str] = COLUMNS,
                as_json: bool = typer.Option(False, "--json")) -> None:
-    """Duplicates, train/validation overlap, lengths and unseen characters of a dataset."""
+    """Duplicates, train/validation overlap, lengths and unseen characters of a dataset; for candles, the
+    spacing, gaps and impossible candles."""
     import json
 
+    from trainlab import forecast
     from trainlab.config import DataConfig
-    from trainlab.data.check import check_config, findings_from_check, format_report
+    from trainlab.data import corpora
+    from trainlab.data.check import check_candles, check_config, findings_from_check, format_candles, format_report
 
+    file = corpora.get_corpus(path, quiet=True) if path in corpora.CORPORA else Path(path)
+    if file.suffix.lower() == ".csv":
+        if not file.is_file():
+            raise TrainlabError(f"'{path}' does not exist")
+        candles = check_candles(file, forecast.parse_columns(columns))
+        print(json.dumps(candles, indent=1) if as_json else format_candles(candles))
+        return
+    if columns:
+        raise TrainlabError("--columns applies to a candle .csv")
     report = check_config(DataConfig(source=path, val_fraction=val_fraction, text_field=text_field))
     findings = findings_from_check(report)
     if as_json:

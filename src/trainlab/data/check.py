@@ -223,3 +223,50 @@ def format_report(r: dict[str, Any]) -> str:
     for a in r["leak_examples"][:2]:
         lines.append(f"  e.g. leaked: {a[:100]!r}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# candles
+
+
+def check_candles(path: Path, columns: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """A candle CSV as the series tasks read it: rows, time span and spacing, gaps, and candles that cannot be
+    (a high below its low, prices at or below zero), beside what the reader did (rows skipped, sorted, kept once)."""
+    from trainlab.data.series import read_candles
+
+    c = read_candles(Path(path), ["open", "high", "low", "close", "volume"], columns)
+    v = {f: c.values[:, i] for i, f in enumerate(c.features)}
+    report: dict[str, Any] = {"source": str(c.path), "kind": "candles", "rows": len(c.values),
+                              "first": c.timestamps[0], "last": c.timestamps[-1], "notes": list(c.notes),
+                              "high_below_low": int((v["high"] < v["low"]).sum()),
+                              "outside_high_low": int(((v["close"] > v["high"]) | (v["close"] < v["low"])
+                                                       | (v["open"] > v["high"]) | (v["open"] < v["low"])).sum()),
+                              "non_positive_prices": int((c.values[:, :4] <= 0).any(axis=1).sum()),
+                              "zero_volume_share": float((v["volume"] == 0).mean())}
+    if c.times is not None and len(c.times) > 2:
+        steps = np.diff(c.times)
+        spacing = float(np.median(steps))
+        gaps = steps > 1.5 * spacing
+        report |= {"spacing_s": spacing, "gaps": int(gaps.sum()),
+                   "missing_rows": int(np.round(steps[gaps] / spacing).sum() - gaps.sum()) if gaps.any() else 0,
+                   "largest_gap_s": float(steps.max())}
+    return report
+
+
+def format_candles(r: dict[str, Any]) -> str:
+    lines = [f"{r['source']} (candles): {r['rows']:,} rows from {r['first']} to {r['last']}"]
+    if "spacing_s" in r:
+        lines.append(f"  spacing {_duration(r['spacing_s'])}; {r['gaps']:,} gap(s) in it, {r['missing_rows']:,} row(s) "
+                     f"missing in all, the largest {_duration(r['largest_gap_s'])}")
+    lines.append(f"  impossible candles: high below low {r['high_below_low']:,}, open or close outside high-low "
+                 f"{r['outside_high_low']:,}, a price at or below zero {r['non_positive_prices']:,}; zero volume in "
+                 f"{r['zero_volume_share']:.1%} of rows")
+    lines += [f"  note: {n}" for n in r["notes"]]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
