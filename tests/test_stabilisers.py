@@ -41,6 +41,20 @@ def test_frozen_attention_stays_put_until_unfrozen(tmp_path):
     assert torch.equal(mid["blocks.0.attn.qkv_proj.weight"], end["blocks.0.attn.qkv_proj.weight"])
 
 
+def test_an_unfreeze_past_the_budget_is_noted_and_releasing_nothing_frozen_is_refused(tmp_path):
+    from trainlab.errors import ConfigError
+
+    said: list[str] = []
+    cfg = resolve("tiny", overrides=["train.max_steps=12", "train.freeze=['blocks.*.attn.*']",
+                                     "train.unfreeze.6=['blocks.1.attn.*']", "train.unfreeze.40=['blocks.0.attn.*']"])
+    data = prepare(cfg.data, cfg.model.seq_len, log=lambda s: None)
+    Trainer(cfg.with_vocab_size(data.tokenizer.vocab_size), data, tmp_path, log=said.append)
+    assert said == ["note: train.unfreeze at step 40 is past this run's 12 steps; it will not fire unless the "
+                    "budget grows"]
+    with pytest.raises(ConfigError, match="train.unfreeze.6: 'blocks.1.mlp.*' releases no parameter"):
+        make_trainer(tmp_path, "train.freeze=['blocks.*.attn.*']", "train.unfreeze.6=['blocks.1.mlp.*']")
+
+
 def test_label_smoothing_is_torch_cross_entropy_with_smoothing(tmp_path):
     t = make_trainer(tmp_path, "train.label_smoothing=0.1")
     logits = torch.randn(2, 5, t.cfg.model.vocab_size)

@@ -116,6 +116,10 @@ class Trainer:
         self._warm = self._eval_warm = False
         self.resumed = False  # set by the run when it continued from a checkpoint
         self._apply_freeze(0)
+        late = sorted(int(s) for s in cfg.train.unfreeze if self.total_steps and int(s) >= self.total_steps)
+        if late and dist.main:  # not an error: a resume with a larger budget may reach them
+            log(f"note: train.unfreeze at step {', '.join(map(str, late))} is past this run's {self.total_steps} steps; "
+                f"it will not fire unless the budget grows")
 
     # -- budgets ------------------------------------------------------------------------------------
     def fraction_done(self) -> float:
