@@ -246,6 +246,8 @@ def test_damaged_unordered_and_repeated_rows_are_skipped_sorted_and_kept_once(tm
     assert np.array_equal(got.values, clean.values[kept])
     assert got.notes == ["3 row(s) with a value missing or not a number were skipped (first at line(s) 12, 52, 92)",
                          "rows were out of time order; sorted by timestamp",
-                         "1 repeated timestamp(s); kept the last row of each"]
+                         "1 repeated timestamp(s); kept the last row of each",
+                         "3 gap(s) in the 1 h spacing (3 row(s) missing); a window across one reads the rows on "
+                         "either side as consecutive"]  # the skipped rows' hours
     with pytest.raises(DataError, match="line 12: close is '', not a finite number"):
         series.read_candles(path, features, strict=True)

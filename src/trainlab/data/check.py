@@ -232,7 +232,7 @@ def format_report(r: dict[str, Any]) -> str:
 def check_candles(path: Path, columns: Optional[dict[str, str]] = None) -> dict[str, Any]:
     """A candle CSV as the series tasks read it: rows, time span and spacing, gaps, and candles that cannot be
     (a high below its low, prices at or below zero), beside what the reader did (rows skipped, sorted, kept once)."""
-    from trainlab.data.series import read_candles
+    from trainlab.data.series import gap_stats, read_candles
 
     c = read_candles(Path(path), ["open", "high", "low", "close", "volume"], columns)
     v = {f: c.values[:, i] for i, f in enumerate(c.features)}
@@ -243,30 +243,19 @@ def check_candles(path: Path, columns: Optional[dict[str, str]] = None) -> dict[
                                                        | (v["open"] > v["high"]) | (v["open"] < v["low"])).sum()),
                               "non_positive_prices": int((c.values[:, :4] <= 0).any(axis=1).sum()),
                               "zero_volume_share": float((v["volume"] == 0).mean())}
-    if c.times is not None and len(c.times) > 2:
-        steps = np.diff(c.times)
-        spacing = float(np.median(steps))
-        gaps = steps > 1.5 * spacing
-        report |= {"spacing_s": spacing, "gaps": int(gaps.sum()),
-                   "missing_rows": int(np.round(steps[gaps] / spacing).sum() - gaps.sum()) if gaps.any() else 0,
-                   "largest_gap_s": float(steps.max())}
-    return report
+    g = gap_stats(c.times) if c.times is not None else None
+    return report | (g or {})
 
 
 def format_candles(r: dict[str, Any]) -> str:
+    from trainlab.data.series import duration
+
     lines = [f"{r['source']} (candles): {r['rows']:,} rows from {r['first']} to {r['last']}"]
     if "spacing_s" in r:
-        lines.append(f"  spacing {_duration(r['spacing_s'])}; {r['gaps']:,} gap(s) in it, {r['missing_rows']:,} row(s) "
-                     f"missing in all, the largest {_duration(r['largest_gap_s'])}")
+        lines.append(f"  spacing {duration(r['spacing_s'])}; {r['gaps']:,} gap(s) in it, {r['missing_rows']:,} row(s) "
+                     f"missing in all, the largest {duration(r['largest_gap_s'])}")
     lines.append(f"  impossible candles: high below low {r['high_below_low']:,}, open or close outside high-low "
                  f"{r['outside_high_low']:,}, a price at or below zero {r['non_positive_prices']:,}; zero volume in "
                  f"{r['zero_volume_share']:.1%} of rows")
     lines += [f"  note: {n}" for n in r["notes"]]
     return "\n".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:g} {unit}"
-    return f"{seconds:g} s"

@@ -14,7 +14,7 @@ import csv
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -232,7 +232,32 @@ def _in_time_order(values: np.ndarray, stamps: list[str], times: np.ndarray,
     if not last.all():
         notes.append(f"{int((~last).sum())} repeated timestamp(s); kept the last row of each")
         values, stamps, times = values[last], [st for st, k in zip(stamps, last) if k], times[last]
+    g = gap_stats(times)
+    if g and g["gaps"]:
+        notes.append(f"{g['gaps']} gap(s) in the {duration(g['spacing_s'])} spacing ({g['missing_rows']} row(s) "
+                     f"missing); a window across one reads the rows on either side as consecutive")
     return values, stamps, times
+
+
+def gap_stats(times: np.ndarray) -> Optional[dict[str, Any]]:
+    """The rows' usual spacing (the median step), the steps over 1.5x it (gaps), the rows they miss and the
+    largest step; None for fewer than three rows."""
+    if len(times) < 3:
+        return None
+    steps = np.diff(times)
+    spacing = float(np.median(steps))
+    gaps = steps > 1.5 * spacing
+    return {"spacing_s": spacing, "gaps": int(gaps.sum()),
+            "missing_rows": int(np.round(steps[gaps] / spacing).sum() - gaps.sum()) if gaps.any() else 0,
+            "largest_gap_s": float(steps.max())}
+
+
+def duration(seconds: float) -> str:
+    """Seconds in the largest whole unit: 3600 -> '1 h'."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
 
 
 def _times(stamps: list[str]) -> Optional[np.ndarray]:
