@@ -203,10 +203,10 @@ def eval_(run: Path = typer.Argument(..., help="A run directory."),
     from trainlab import forecast
 
     if forecast.is_forecaster(run):
-        result = forecast.walk_forward(
-            run, data, forecast.parse_columns(columns), forecast.DEFAULT_SAMPLES if samples is None else samples,
-            forecast.DEFAULT_STRIDE if stride is None else stride, forecast.DEFAULT_ORIGINS if origins is None else origins,
-            seed or 0, log=lambda line: print(line, file=sys.stderr))
+        given = {"samples": samples, "stride": stride, "max_origins": origins, "seed": seed}  # else walk_forward's
+        result = forecast.walk_forward(run, data, forecast.parse_columns(columns),
+                                       **{k: v for k, v in given.items() if v is not None},
+                                       log=lambda line: print(line, file=sys.stderr))
         print(Path(result["path"]).with_name("forecast_eval.md").read_text(encoding="utf-8"), end="")
         print(f"written: {result['path']}")
         return

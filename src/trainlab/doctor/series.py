@@ -10,6 +10,20 @@ from typing import Any
 import numpy as np
 
 
+# a logged step beyond this is garbage (a garbled console line, a damaged file), not a step
+MAX_STEP = 10**15
+
+
+def is_number(value: Any) -> bool:
+    """An int or float that is not a bool (JSON's true reads as 1 otherwise)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_step(value: Any) -> bool:
+    """A whole, non-negative step below MAX_STEP: what a row must carry to be on a curve."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_STEP
+
+
 @dataclass
 class RunSeries:
     """A run's metrics, whoever wrote them.
@@ -32,10 +46,8 @@ class RunSeries:
     def col(self, key: str, split: str = "train", finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of one metric, in step order; non-finite values dropped unless finite=False."""
         rows = self.train if split == "train" else self.val
-        # a number that is not a bool, at a whole step (readers drop damaged rows; a series built by hand may not)
-        pairs = [(r["step"], float(r[key])) for r in rows if isinstance(r.get(key), (int, float))
-                 and not isinstance(r[key], bool) and isinstance(r.get("step"), int) and not isinstance(r["step"], bool)
-                 and 0 <= r["step"] < 10**15]
+        # readers drop damaged rows; a series built by hand, or a console line garbled into a huge step, may not
+        pairs = [(r["step"], float(r[key])) for r in rows if is_number(r.get(key)) and is_step(r.get("step"))]
         if finite:
             pairs = [p for p in pairs if math.isfinite(p[1])]
         pairs.sort(key=lambda p: p[0])
@@ -49,7 +61,7 @@ class RunSeries:
 
     @property
     def last_step(self) -> int:
-        steps = [r["step"] for r in self.train + self.val if isinstance(r.get("step"), int) and 0 <= r["step"] < 10**15]
+        steps = [r["step"] for r in self.train + self.val if is_step(r.get("step"))]
         return max(steps) if steps else 0
 
     def fact(self, key: str, default: Any = None) -> Any:

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from trainlab.doctor.series import RunSeries
+from trainlab.doctor.series import RunSeries, is_number, is_step
 from trainlab.errors import TrainlabError
 
 # metric names other tools use, mapped to trainlab's (after split prefixes are removed)
@@ -120,13 +120,11 @@ SETTINGS = {
 def as_step(value: Any) -> Optional[int]:
     """A logged step as an int: a whole, finite, non-negative number (or its text); None for anything else, so
     that a damaged row is left out rather than stopping the read."""
-    if isinstance(value, bool):
-        return None
     if isinstance(value, str):
         value = number(value)
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value < 1e15:
+    if not is_number(value) or not math.isfinite(value):
         return None
-    return int(value)
+    return int(value) if is_step(int(value)) else None
 
 
 def number(text: str) -> Optional[float]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from trainlab.doctor.readers.common import as_step
-from trainlab.doctor.series import RunSeries
+from trainlab.doctor.series import RunSeries, is_number
 from trainlab.errors import TrainlabError
 from trainlab.monitor.sinks import read_jsonl
 
@@ -27,9 +27,8 @@ def read_trainlab(run_dir: Path) -> RunSeries:
                        samples=read_jsonl(run_dir / "samples.jsonl"))
     env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").exists() else {}
     series.facts.update(_trainlab_facts(run_dir, env))
-    tokens = [r["tokens"] for r in rows if isinstance(r.get("tokens"), (int, float)) and not isinstance(r["tokens"], bool)]
-    series.facts["tokens_seen"] = max(tokens, default=0)
-    counted = [r for r in series.train if r["step"] and isinstance(r.get("tokens"), (int, float)) and r["tokens"] > 0]
+    series.facts["tokens_seen"] = max((r["tokens"] for r in rows if is_number(r.get("tokens"))), default=0)
+    counted = [r for r in series.train if r["step"] and is_number(r.get("tokens")) and r["tokens"] > 0]
     if counted:  # the trainer's own count (all processes, SFT's mean example length) beats the config's
         series.facts["tokens_per_step"] = round(counted[-1]["tokens"] / counted[-1]["step"])
     return series
