@@ -114,15 +114,16 @@ def test_a_tune_space_is_refused_only_for_a_value_no_combination_makes_valid(tmp
         check_space(base, load_space(path), path)
 
 
-def _wait_for_rows(metrics, deadline_s: float = 120.0) -> None:
+def _wait_for(metrics, needle: str = '"split": "train"', deadline_s: float = 120.0) -> None:
+    """Until metrics.jsonl holds `needle` (by default a training row)."""
     import time
 
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        if metrics.exists() and '"split": "train"' in metrics.read_text():
+        if metrics.exists() and needle in metrics.read_text():
             return
         time.sleep(0.2)
-    raise AssertionError(f"{metrics} got no training row")
+    raise AssertionError(f"{metrics} never held {needle}")
 
 
 def test_an_interrupted_tune_stops_and_a_killed_ones_trial_is_marked_failed(tmp_path):
@@ -143,7 +144,7 @@ def test_an_interrupted_tune_stops_and_a_killed_ones_trial_is_marked_failed(tmp_
     cmd = [sys.executable, "-m", "trainlab", "tune", str(space), "--preset", "tiny", "--trials", "3", "--out", str(out)]
     for number, sig in ((0, signal.SIGINT), (1, signal.SIGKILL)):
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_for_rows(out / "trials" / f"trial-{number:04d}" / "metrics.jsonl")
+        _wait_for(out / "trials" / f"trial-{number:04d}" / "metrics.jsonl")
         os.kill(proc.pid, sig)
         stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), stderr
@@ -174,23 +175,12 @@ def test_ctrl_c_stops_an_ablate_and_the_next_run_of_the_sweep_resumes(tmp_path):
     for attempt in range(2):
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         if attempt == 0:
-            _wait_for_rows(metrics)
+            _wait_for(metrics)
         else:  # the second start resumes the first run where its checkpoint left it
-            _wait_for_resume(metrics)
+            _wait_for(metrics, '"kind": "resume"')
         os.killpg(proc.pid, signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 130, stderr
         assert "baseline seed 0: interrupted; its checkpoint is kept" in stdout and "FAILED" not in stdout
         assert not (out / "runs" / "big_batch").exists()  # nothing started after the interruption
         assert not (out / "runs" / "baseline" / "seed-0" / "result.json").exists()
-
-
-def _wait_for_resume(metrics, deadline_s: float = 120.0) -> None:
-    import time
-
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if '"kind": "resume"' in metrics.read_text():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{metrics} shows no resume")
